@@ -1,0 +1,52 @@
+"""`edgeveil kafka up | down | status`: a persistent local broker for development."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from agents import kafka_harness as kh
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Run a local single-node Apache Kafka (KRaft) from Maven Central jars.",
+                        no_args_is_help=True)
+
+    @group.command()
+    def up(
+        port: int = typer.Option(9092, help="Broker port on 127.0.0.1."),
+        timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer."),
+    ) -> None:
+        """Start the broker in the background (fetching the jars on first use)."""
+        try:
+            status = kh.daemon_up(port=port, timeout=timeout)
+        except kh.KafkaHarnessError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"Kafka is up at {status['bootstrap_servers']} (pid {status['pid']}).")
+        typer.echo(f"  export EDGEVEIL_BOOTSTRAP_SERVERS={status['bootstrap_servers']}")
+
+    @group.command()
+    def down() -> None:
+        """Stop the broker started by `edgeveil kafka up` (its data is kept)."""
+        if kh.daemon_down():
+            typer.echo("Kafka stopped.")
+        else:
+            typer.echo("No local Kafka was running.")
+
+    @group.command()
+    def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+        """Say whether the local broker runs and answers metadata requests."""
+        st = kh.daemon_status()
+        if as_json:
+            typer.echo(json.dumps(st))
+        elif st.get("running"):
+            ok = "answers" if st.get("answers") else "does NOT answer yet"
+            typer.echo(f"Kafka pid {st['pid']} at {st['bootstrap_servers']} {ok}.")
+        else:
+            typer.echo("No local Kafka is running. Start one with `edgeveil kafka up`.")
+        if not st.get("running"):
+            raise typer.Exit(3)
+
+    app.add_typer(group, name="kafka")

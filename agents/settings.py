@@ -1,0 +1,126 @@
+"""The one frozen settings object of EdgeVeil's agents.
+
+Broker addresses, security and size limits live here and in ``compose/`` only. Values come from
+(lowest to highest precedence) the defaults below, a TOML config file (``EDGEVEIL_CONFIG`` or
+``--config``), and ``EDGEVEIL_*`` environment variables.
+
+Size limits are set together for model-sized messages: a global model (weights + ONNX export) or a
+float32 update of a few million parameters must pass the producer, the broker, the topic, the
+replica fetcher and the consumer alike. One number, :data:`MAX_MESSAGE_BYTES`, drives all five.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+#: One limit for every hop of a model-sized message (16 MiB).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def cache_dir() -> Path:
+    """Where EdgeVeil keeps downloads and local broker data (outside any clone)."""
+    return Path(os.environ.get("EDGEVEIL_CACHE", Path.home() / ".cache" / "edgeveil")).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Connection and sizing settings shared by every agent, CLI command and test harness."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    topic_partitions: int = 4
+    replication_factor: int = 1
+    app_id: str = "edgeveil"
+    data_dir: str = str(cache_dir() / "agents")
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker URL list in faust's ``kafka://host:port;...`` form."""
+        return ";".join(f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(",") if h)
+
+    def kafka_python_security(self) -> dict[str, Any]:
+        """Security keyword arguments for kafka-python clients (empty for PLAINTEXT)."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+    def producer_config(self) -> dict[str, Any]:
+        """kafka-python ``KafkaProducer`` keyword arguments sized for model messages."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "max_request_size": self.max_message_bytes,
+            "acks": "all",
+            **self.kafka_python_security(),
+        }
+
+    def consumer_config(self) -> dict[str, Any]:
+        """kafka-python ``KafkaConsumer`` keyword arguments sized for model messages."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "max_partition_fetch_bytes": self.max_message_bytes,
+            "fetch_max_bytes": self.max_message_bytes,
+            **self.kafka_python_security(),
+        }
+
+    def topic_config(self) -> dict[str, str]:
+        """Per-topic configs every EdgeVeil topic gets."""
+        return {"max.message.bytes": str(self.max_message_bytes)}
+
+
+_ENV_PREFIX = "EDGEVEIL_"
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    target = {f.name: f.type for f in fields(Settings)}[name]
+    if target in ("int", int):
+        return int(raw)
+    return raw if raw != "" else None
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, the environment and ``overrides``.
+
+    Examples
+    --------
+    >>> s = load_settings(bootstrap_servers="127.0.0.1:19092")
+    >>> s.faust_broker
+    'kafka://127.0.0.1:19092'
+    """
+    values: dict[str, Any] = {}
+    names = {f.name for f in fields(Settings)}
+    path = config_file or os.environ.get("EDGEVEIL_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"EdgeVeil config file not found: {p}")
+        data = tomllib.loads(p.read_text())
+        section = data.get("kafka", data)
+        unknown = set(section) - names
+        if unknown:
+            raise ValueError(f"unknown settings in {p}: {sorted(unknown)}; valid: {sorted(names)}")
+        values.update({k: _coerce(k, v) for k, v in section.items()})
+    for name in names:
+        env = os.environ.get(_ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = _coerce(name, env)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(Settings(), **values)
