@@ -35,6 +35,9 @@ def _root(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # the Kafka clients narrate every connection at INFO
+        for noisy in ("kafka", "aiokafka", "faust", "mode"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 for _name in COMMAND_MODULES:

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -361,9 +362,20 @@ class KafkaCluster:
         self._write_state()
         self.wait_ready(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node. SIGTERM goes to all nodes at once: stopping them one by one can hang
+        the last ones, which wait for a controller quorum that is already gone."""
         for n in self.nodes:
-            n.stop()
+            if n.running and n.proc:
+                n.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for n in self.nodes:
+            if n.proc and n.proc.poll() is None:
+                try:
+                    n.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("kafka node %s ignored SIGTERM; killing", n.spec.node_id)
+                    n.kill()
         state = self.data_dir / "state.json"
         state.unlink(missing_ok=True)
 
@@ -402,10 +414,27 @@ def metadata_broker_count(bootstrap_servers: str, timeout_ms: int = 3000) -> int
     """Number of brokers a metadata request to ``bootstrap_servers`` lists (raises if none answer)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(
+    with _quiet_kafka_logs():
+        return _broker_count(KafkaAdminClient, bootstrap_servers, timeout_ms)
+
+
+@contextlib.contextmanager
+def _quiet_kafka_logs() -> Iterator[None]:
+    """kafka-python logs every refused connection at ERROR; while polling a starting broker
+    those are expected, so they are silenced for the probe."""
+    logger = logging.getLogger("kafka")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _broker_count(client: type, bootstrap_servers: str, timeout_ms: int) -> int:
+    admin = client(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=timeout_ms,
-        api_version_auto_timeout_ms=timeout_ms,
         client_id="edgeveil-probe",
     )
     try:

@@ -1,0 +1,61 @@
+"""Topic names and their configs, and creating them with kafka-python's admin client."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from agents.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic and the configs EdgeVeil creates it with."""
+
+    name: str
+    partitions: int = 4
+    config: dict[str, str] = field(default_factory=dict)
+
+
+ECHO_IN = TopicSpec("edgeveil.echo.in")
+ECHO_OUT = TopicSpec("edgeveil.echo.out")
+
+FOUNDATION_TOPICS = (ECHO_IN, ECHO_OUT)
+
+
+def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] | list[TopicSpec]) -> list[str]:
+    """Create the topics in ``specs`` that do not exist yet; return the names created.
+
+    Every topic gets ``max.message.bytes`` from ``settings`` (model-sized messages) and the
+    replication factor of the settings.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="edgeveil-admin",
+        **settings.kafka_python_security(),
+    )
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(
+                s.name, num_partitions=s.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={**settings.topic_config(), **s.config},
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", [t.name for t in new])
+        return [t.name for t in new]
+    finally:
+        admin.close()
