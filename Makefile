@@ -21,7 +21,7 @@ demo: setup
 	$(VENV)/bin/edgeveil demo
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline agents schemas tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 test: lint

@@ -53,7 +53,7 @@ fi
 # point the venv's `edgeveil` at THIS clone (cheap; clones live in different folders)
 if ! "$VENV/bin/python" -c "import agents, sys; sys.exit(0 if agents.__file__.startswith('$ROOT/') else 1)" 2>/dev/null; then
   say "linking this clone ($ROOT) into the venv"
-  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT"
+  "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
 fi
 
 # ---------------------------------------------------------------- Kafka jars + asset check
