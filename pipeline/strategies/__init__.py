@@ -1,0 +1,95 @@
+"""Aggregation strategies: FedAvg, server optimizers, Byzantine-robust rules, FedBuff, client DP.
+
+Build one with :func:`make_strategy`; each algorithm lives in its own module, citing its paper.
+Modules are imported on demand so that, e.g., the Opacus accountant behind ``dp_fedavg`` is only
+loaded when that strategy is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pipeline.strategies.aggregate import (
+    clip_l2,
+    coordinate_median,
+    krum_scores,
+    multi_krum,
+    staleness_weight,
+    trimmed_mean,
+    weighted_average,
+)
+from pipeline.strategies.base import ClientResult, StatefulStrategy, Strategy, Weights, check_results, copy_weights
+from pipeline.strategies.exceptions import IncompatibleUpdateError, NotEnoughResultsError, StrategyError
+from pipeline.strategies.fedavg import FedAvg, RunningFedAvg
+
+__all__ = [
+    "STRATEGIES",
+    "ClientResult",
+    "FedAvg",
+    "IncompatibleUpdateError",
+    "NotEnoughResultsError",
+    "RunningFedAvg",
+    "StatefulStrategy",
+    "Strategy",
+    "StrategyError",
+    "Weights",
+    "check_results",
+    "clip_l2",
+    "coordinate_median",
+    "copy_weights",
+    "krum_scores",
+    "make_strategy",
+    "multi_krum",
+    "staleness_weight",
+    "trimmed_mean",
+    "weighted_average",
+]
+
+STRATEGIES: dict[str, str] = {
+    "fedavg": "pipeline.strategies.fedavg:FedAvg",
+    "fedavgm": "pipeline.strategies.fedavgm:FedAvgM",
+    "fedadam": "pipeline.strategies.fedadam:FedAdam",
+    "median": "pipeline.strategies.median:Median",
+    "trimmed_mean": "pipeline.strategies.trimmed_mean:TrimmedMean",
+    "krum": "pipeline.strategies.krum:MultiKrum",
+    "fedbuff": "pipeline.strategies.fedbuff:FedBuff",
+    "dp_fedavg": "pipeline.strategies.client_dp:ClientDP",
+}
+"""Strategy name → ``module:Class``."""
+
+
+def make_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Build the strategy called ``name`` with keyword options ``kwargs``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`STRATEGIES`: ``fedavg``, ``fedavgm``, ``fedadam``, ``median``,
+        ``trimmed_mean``, ``krum`` (Multi-Krum), ``fedbuff``, ``dp_fedavg``.
+    **kwargs
+        Passed to the strategy's constructor (all keyword-only).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the valid ones.
+
+    Examples
+    --------
+    >>> make_strategy("fedavg", server_lr=1.0).name
+    'fedavg'
+    >>> try:
+    ...     make_strategy("fedsgd")
+    ... except ValueError as err:
+    ...     print(str(err).split(";")[0])
+    unknown strategy 'fedsgd'
+    """
+    try:
+        target = STRATEGIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(sorted(STRATEGIES))}") from None
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    strategy: Strategy = cls(**kwargs)
+    return strategy

@@ -1,0 +1,23 @@
+"""Regenerate the committed JSON Schema files: ``python -m schemas.generate [out_dir]``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from schemas.update import write_json_schemas
+
+JSONSCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the schema files into ``argv[0]`` (default ``schemas/jsonschema/``)."""
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0]) if args else JSONSCHEMA_DIR
+    for path in write_json_schemas(out):
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
