@@ -1,0 +1,73 @@
+"""compose/docker-compose.yml against the Compose Specification's JSON Schema.
+
+No Docker engine runs on dev/CI machines, so the file is validated structurally: the official
+schema (vendored by check-jsonschema), the broker's size limits against agents.settings, and every
+build reference pointing at a file that exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from agents.settings import MAX_MESSAGE_BYTES
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose" / "docker-compose.yml"
+
+
+def _schema() -> dict:
+    # locate the vendored file without importing check_jsonschema (its CLI module needs a newer
+    # click than faust allows; only the schema file is used here)
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec and spec.submodule_search_locations, "pip install check-jsonschema"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return json.loads((root / "builtin_schemas" / "vendor" / "compose-spec.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict) -> None:
+    schema = _schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert "2020-12" in schema["$schema"]
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_the_validator_rejects_a_broken_file(compose: dict) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["kafka"]["ports"] = "9092"  # must be a list
+    broken["services"]["kafka"]["healthcheck"]["retries"] = "many"  # must be a number
+    broken["volumez"] = {}  # unknown top-level key
+    schema = _schema()
+    errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))
+    assert len(errors) >= 3, [e.message for e in errors]
+
+
+def test_broker_limits_match_the_settings(compose: dict) -> None:
+    env = compose["services"]["kafka"]["environment"]
+    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_MESSAGE_BYTES
+    assert int(env["KAFKA_REPLICA_FETCH_MAX_BYTES"]) == MAX_MESSAGE_BYTES
+    for name, svc in compose["services"].items():
+        if name != "kafka":
+            assert int(svc["environment"]["EDGEVEIL_MAX_MESSAGE_BYTES"]) == MAX_MESSAGE_BYTES
+
+
+def test_build_context_and_dockerfile_exist(compose: dict) -> None:
+    for svc in compose["services"].values():
+        if "build" in svc:
+            ctx = (COMPOSE.parent / svc["build"]["context"]).resolve()
+            assert ctx == ROOT
+            assert (ctx / svc["build"]["dockerfile"]).is_file()
+    dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
+    for path in ("pyproject.toml", "constraints.txt", "schemas", "pipeline", "agents"):
+        assert path in dockerfile
