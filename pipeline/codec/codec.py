@@ -54,6 +54,7 @@ MAGIC = b"EVU"
 FORMAT_VERSION = 1
 MAX_UPDATE_BYTES = 16 * 2**20
 _MAX_HEADER_BYTES = 2**20
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_NODE_ID_BYTES = 128
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -294,7 +295,7 @@ def _check_header(doc: object, node_id: str) -> dict[str, Any]:
         if comp == "int8":
             if not _is_num(scale):
                 raise HeaderError("bad_header", f"tensor {name!r}: int8 needs a numeric scale")
-            if not math.isfinite(scale) or not math.isfinite(float(np.float32(scale)) * 127.0):
+            if not math.isfinite(scale) or abs(scale) * 127.0 > _FLOAT32_MAX:
                 raise NonFiniteError("non_finite", f"tensor {name!r}: scale {scale!r} is not finite")
             if scale < 0:
                 raise HeaderError("bad_header", f"tensor {name!r}: negative scale")
