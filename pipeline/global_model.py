@@ -1,0 +1,118 @@
+"""Binary codec of global models (``edgeveil.models``), signed by the aggregator.
+
+Frame: ``b"EVM"`` + format byte, header (u32 length + canonical JSON of
+:class:`~schemas.messages.GlobalModelHeader` plus the tensor table), weights (u32 length + zstd of
+the concatenated float32 little-endian tensors), ONNX (u32 length + bytes), then a 64-byte Ed25519
+signature over everything before it. Edges refuse a model whose signature does not verify against
+the aggregator's public key: a forged model must never be hot-swapped into a camera.
+
+Examples
+--------
+>>> import numpy as np
+>>> from pipeline.codec import generate_keypair
+>>> from schemas.messages import GlobalModel, GlobalModelHeader
+>>> priv, pub = generate_keypair()
+>>> h = GlobalModelHeader(task="t", version=1, round=1, participants=["a"], num_examples=10,
+...                       strategy="fedavg", metrics={}, epsilon_by_node={"a": 0.5}, delta=1e-5,
+...                       created_at=0.0)
+>>> blob = encode_global_model(GlobalModel(h, {"w": np.ones(3, np.float32)}), private_key=priv)
+>>> decode_global_model(blob, public_key=pub).weights["w"].tolist()
+[1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+import zstandard
+
+from pipeline.codec import sign, verify
+from pipeline.codec.exceptions import CodecError
+from schemas.messages import GlobalModel, GlobalModelHeader
+
+__all__ = ["GLOBAL_MAGIC", "decode_global_model", "encode_global_model"]
+
+GLOBAL_MAGIC = b"EVM\x01"
+_MAX_BYTES = 64 * 2**20
+_SIG = 64
+
+
+def encode_global_model(model: GlobalModel, *, private_key: bytes, level: int = 3) -> bytes:
+    """Encode and sign ``model`` with the aggregator's Ed25519 ``private_key``."""
+    tensors = []
+    chunks = []
+    for name, arr in model.weights.items():
+        a = np.ascontiguousarray(arr, dtype="<f4")
+        if not np.isfinite(a).all():
+            raise ValueError(f"global model tensor {name!r} has non-finite values")
+        tensors.append({"name": name, "shape": list(a.shape)})
+        chunks.append(a.tobytes())
+    header = {"header": dataclasses.asdict(model.header), "tensors": tensors}
+    hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    payload = zstandard.ZstdCompressor(level=level).compress(b"".join(chunks))
+    body = b"".join([
+        GLOBAL_MAGIC,
+        struct.pack(">I", len(hbytes)), hbytes,
+        struct.pack(">I", len(payload)), payload,
+        struct.pack(">I", len(model.onnx)), model.onnx,
+    ])
+    return body + sign(body, private_key=private_key)
+
+
+def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX_BYTES) -> GlobalModel:
+    """Verify and decode a global model; raise :class:`~pipeline.codec.CodecError` if anything is off."""
+    if len(data) > max_bytes:
+        raise CodecError("too_large", f"{len(data)} bytes > limit {max_bytes}")
+    if len(data) < len(GLOBAL_MAGIC) + 12 + _SIG:
+        raise CodecError("truncated", f"only {len(data)} bytes")
+    if data[:4] != GLOBAL_MAGIC:
+        raise CodecError("bad_magic", f"expected {GLOBAL_MAGIC!r}, got {bytes(data[:4])!r}")
+    body, sig = data[:-_SIG], data[-_SIG:]
+    verify(body, sig, public_key=public_key)
+    view = memoryview(body)
+    pos = 4
+
+    def take() -> bytes:
+        nonlocal pos
+        if pos + 4 > len(view):
+            raise CodecError("truncated", "length field past the end")
+        (n,) = struct.unpack(">I", view[pos:pos + 4])
+        pos += 4
+        if pos + n > len(view):
+            raise CodecError("truncated", "section past the end")
+        out = bytes(view[pos:pos + n])
+        pos += n
+        return out
+
+    try:
+        doc = json.loads(take())
+        header = GlobalModelHeader(**doc["header"])
+        specs = doc["tensors"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError("bad_header", str(exc)) from None
+    expected = sum(int(np.prod(s["shape"], dtype=np.int64)) for s in specs) * 4
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(take(), max_output_size=expected)
+    except zstandard.ZstdError as exc:
+        raise CodecError("bad_payload", f"weights do not decompress: {exc}") from None
+    if len(raw) != expected:
+        raise CodecError("bad_payload", f"{len(raw)} bytes of tensors, expected {expected}")
+    onnx = take()
+    weights: dict[str, np.ndarray] = {}
+    off = 0
+    for s in specs:
+        n = int(np.prod(s["shape"], dtype=np.int64))
+        weights[s["name"]] = np.frombuffer(raw, dtype="<f4", count=n, offset=off).reshape(s["shape"]).copy()
+        off += n * 4
+    return GlobalModel(header=header, weights=weights, onnx=onnx)
+
+
+def weights_close(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], *, atol: float = 0.0) -> bool:
+    """True when ``a`` and ``b`` have the same names, shapes and values (within ``atol``)."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and np.allclose(a[k], b[k], atol=atol, rtol=0) for k in a
+    )
