@@ -1,0 +1,275 @@
+"""Round bookkeeping of the aggregator, independent of any transport.
+
+The Kafka aggregator agent and tests drive a :class:`RoundCoordinator`: it verifies and admits
+encoded updates, says when a round is due, and aggregates a buffer of admitted updates into the
+next global version. Its state is plain JSON (:meth:`RoundCoordinator.state_dict`) so an agent can
+keep it in a changelog-backed table; the admitted update *bytes* are kept by the caller, keyed by
+:func:`update_key`, and handed back to :meth:`RoundCoordinator.aggregate`.
+
+Idempotence (delivery is at-least-once): the same ``(node, round)`` arriving again with the same
+bytes is a :attr:`Offer.duplicate` and is dropped silently; different bytes for an admitted
+``(node, round)`` are a replay and rejected. Aggregation sorts the buffer by key, so the same
+updates always give bit-identical weights, whatever order or how many times they arrived.
+
+Two modes:
+
+* ``sync`` — synchronous rounds: only updates trained on the current version are admitted; the
+  round closes at ``quorum`` updates, or at ``deadline_s`` after its first update with at least
+  ``min_quorum``.
+* ``async`` — buffered asynchronous aggregation (FedBuff; Nguyen et al. 2022, "Federated Learning
+  with Buffered Asynchronous Aggregation", AISTATS): updates up to ``max_staleness`` versions old
+  are admitted and down-weighted; every ``buffer_size`` updates make a new version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.codec import KeyRegistry, UpdateAdmission, decode_update
+from pipeline.strategies import ClientResult, Strategy, Weights
+from schemas.update import ModelUpdate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Offer", "RoundCoordinator", "RoundOutcome", "RoundPolicy", "update_key"]
+
+_STATE_KIND = "edgeveil.round_coordinator.v1"
+
+
+def update_key(task: str, node_id: str, round_: int) -> str:
+    """The key an admitted update's bytes are stored under (sorts by node, then round)."""
+    return f"{task}|{node_id}|{round_:09d}"
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """When a round closes.
+
+    Examples
+    --------
+    >>> RoundPolicy(mode="sync", quorum=3).min_quorum
+    1
+    """
+
+    mode: Literal["sync", "async"] = "sync"
+    quorum: int = 3
+    min_quorum: int = 1
+    deadline_s: float = 60.0
+    buffer_size: int = 10
+    max_staleness: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', got {self.mode!r}")
+        if self.quorum < 1 or self.min_quorum < 1 or self.buffer_size < 1:
+            raise ValueError("quorum, min_quorum and buffer_size must be >= 1")
+        if self.min_quorum > self.quorum:
+            raise ValueError(f"min_quorum {self.min_quorum} > quorum {self.quorum}")
+
+    @property
+    def staleness_limit(self) -> int:
+        return 0 if self.mode == "sync" else self.max_staleness
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What :meth:`RoundCoordinator.offer` decided about one encoded update."""
+
+    key: str
+    update: ModelUpdate
+    staleness: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """The result of closing a round: the new version's weights and who contributed."""
+
+    version: int
+    weights: Weights
+    participants: tuple[str, ...]
+    num_examples: int
+    epsilon_by_node: dict[str, float]
+    delta: float
+    update_bytes: dict[str, int]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RoundCoordinator:
+    """Admission and round closing for one task.
+
+    Parameters
+    ----------
+    task
+        Task name; updates for another task are rejected (``wrong_task``).
+    keys
+        Registered node public keys.
+    expected
+        ``name -> (shape, dtype)`` of the task model; updates must match exactly.
+    strategy
+        The aggregation rule (:func:`pipeline.strategies.make_strategy`).
+    policy
+        When rounds close.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        keys: KeyRegistry,
+        expected: Mapping[str, tuple[tuple[int, ...], str]],
+        strategy: Strategy,
+        policy: RoundPolicy,
+        max_bytes: int = 16 * 2**20,
+    ) -> None:
+        self.task = task
+        self.keys = keys
+        self.expected = dict(expected)
+        self.strategy = strategy
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.version = 0
+        self.opened_at: float | None = None
+        self.buffer: dict[str, str] = {}  # update key -> sha256 of its bytes
+        self.admission = UpdateAdmission(max_staleness=policy.staleness_limit)
+
+    # ------------------------------------------------------------------ admission
+    def offer(self, data: bytes, *, now: float) -> Offer:
+        """Verify, decode and admit one encoded update.
+
+        Raises
+        ------
+        pipeline.codec.CodecError
+            With ``reason`` for the DLQ: bad frame or signature, unknown node, wrong shapes,
+            non-finite values, ``wrong_task``, ``replay``, ``stale``, ``future_version``.
+        """
+        import hashlib
+
+        from pipeline.codec import CodecError, ReplayError
+
+        update = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
+        if update.task != self.task:
+            raise CodecError("wrong_task", f"update is for task {update.task!r}, aggregator runs {self.task!r}")
+        key = update_key(update.task, update.node_id, update.round)
+        digest = hashlib.sha256(data).hexdigest()
+        if key in self.buffer:
+            if self.buffer[key] == digest:
+                return Offer(key, update, self.version - update.base_version, duplicate=True)
+            raise ReplayError("replay", f"node {update.node_id!r} round {update.round} already admitted with other bytes")
+        staleness = self.admission.admit(update, current_version=self.version)
+        self.buffer[key] = digest
+        if self.opened_at is None:
+            self.opened_at = now
+        return Offer(key, update, staleness)
+
+    def forget(self, key: str) -> None:
+        """Drop a buffered key whose bytes the caller could not keep (it may be offered again)."""
+        self.buffer.pop(key, None)
+
+    # ------------------------------------------------------------------ closing
+    def due(self, *, now: float) -> bool:
+        """True when the buffered updates should be aggregated now."""
+        n = len(self.buffer)
+        if n == 0:
+            return False
+        if self.policy.mode == "async":
+            return n >= self.policy.buffer_size
+        if n >= self.policy.quorum:
+            return True
+        opened = self.opened_at if self.opened_at is not None else now
+        return now - opened >= self.policy.deadline_s and n >= self.policy.min_quorum
+
+    def aggregate(self, global_weights: Weights, stored: Mapping[str, bytes]) -> RoundOutcome:
+        """Aggregate the buffered updates (their bytes in ``stored``) into version ``version+1``.
+
+        Keys of the buffer missing from ``stored`` are dropped from the buffer and left out (the
+        caller lost them; at-least-once delivery brings them back). Call :meth:`commit` after the
+        new model is published.
+        """
+        results: list[ClientResult] = []
+        eps: dict[str, float] = {}
+        sizes: dict[str, int] = {}
+        delta = 0.0
+        total = 0
+        for key in sorted(self.buffer):
+            data = stored.get(key)
+            if data is None:
+                log.warning("buffered update %s has no stored bytes; dropping it", key)
+                continue
+            u = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
+            tau = max(0, self.version - u.base_version)
+            results.append(ClientResult(node_id=u.node_id, delta=dict(u.delta),
+                                        num_examples=u.num_examples, staleness=tau))
+            eps[u.node_id] = max(eps.get(u.node_id, 0.0), u.privacy.epsilon)
+            delta = max(delta, u.privacy.delta)
+            sizes[u.node_id] = len(data)
+            total += u.num_examples
+        new = self.strategy.aggregate(global_weights, results)
+        for name, arr in new.items():
+            if not np.isfinite(arr).all():
+                raise ValueError(f"aggregate of tensor {name!r} is not finite")
+        return RoundOutcome(
+            version=self.version + 1, weights=new,
+            participants=tuple(r.node_id for r in results), num_examples=total,
+            epsilon_by_node=eps, delta=delta, update_bytes=sizes,
+        )
+
+    def commit(self, outcome: RoundOutcome) -> list[str]:
+        """Advance to ``outcome.version``; returns the buffer keys the caller may now delete."""
+        done = sorted(self.buffer)
+        self.version = outcome.version
+        self.buffer = {}
+        self.opened_at = None
+        return done
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (for a changelog-backed table)."""
+        strategy_state = None
+        if hasattr(self.strategy, "state_dict"):
+            strategy_state = _jsonable(self.strategy.state_dict())
+        return {
+            "kind": _STATE_KIND, "task": self.task, "version": self.version,
+            "opened_at": self.opened_at, "buffer": dict(self.buffer),
+            "admission": self.admission.state_dict(), "strategy": strategy_state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; ``ValueError`` for another kind or task."""
+        if state.get("kind") != _STATE_KIND:
+            raise ValueError(f"not a round-coordinator state: {state.get('kind')!r}")
+        if state.get("task") != self.task:
+            raise ValueError(f"state is for task {state.get('task')!r}, not {self.task!r}")
+        self.version = int(state["version"])
+        self.opened_at = state["opened_at"]
+        self.buffer = dict(state["buffer"])
+        self.admission.load_state_dict(state["admission"])
+        if state.get("strategy") is not None and hasattr(self.strategy, "load_state_dict"):
+            self.strategy.load_state_dict(_from_jsonable(state["strategy"]))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype), "shape": list(obj.shape)}
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _from_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]).reshape(obj["shape"])
+        return {k: _from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,145 @@
+"""RoundCoordinator: admission, idempotence, closing rules and restart equivalence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.codec import CodecError, KeyRegistry, encode_update, generate_keypair
+from pipeline.rounds import RoundCoordinator, RoundPolicy
+from pipeline.strategies import make_strategy
+from schemas.update import ModelUpdate, PrivacyStamp
+
+EXPECTED = {"w": ((2,), "float32")}
+GLOBAL = {"w": np.zeros(2, np.float32)}
+
+
+@pytest.fixture(scope="module")
+def nodes() -> dict[str, bytes]:
+    return {f"n{i}": generate_keypair()[0] for i in range(4)}
+
+
+def _keys(nodes: dict[str, bytes]) -> KeyRegistry:
+    from pipeline.codec import public_key_of
+
+    return KeyRegistry({n: public_key_of(k) for n, k in nodes.items()})
+
+
+def _update(nodes, node: str, *, rnd: int = 1, base: int = 0, value: float = 1.0, n: int = 10,
+            task: str = "t") -> bytes:
+    stamp = PrivacyStamp(epsilon=0.5, delta=1e-5, noise_multiplier=1.0, sample_rate=0.1,
+                         steps=5, accountant="rdp")
+    u = ModelUpdate(node_id=node, task=task, round=rnd, base_version=base, num_examples=n,
+                    metrics={}, privacy=stamp, delta={"w": np.full(2, value, np.float32)})
+    return encode_update(u, private_key=nodes[node], compression="float32")
+
+
+def _coord(nodes, **policy) -> RoundCoordinator:
+    return RoundCoordinator(task="t", keys=_keys(nodes), expected=EXPECTED,
+                            strategy=make_strategy("fedavg"), policy=RoundPolicy(**policy))
+
+
+def test_sync_round_closes_at_quorum_with_weighted_average(nodes) -> None:
+    c = _coord(nodes, quorum=2)
+    stored = {}
+    a = c.offer(_update(nodes, "n0", value=1.0, n=10), now=0.0)
+    stored[a.key] = _update(nodes, "n0", value=1.0, n=10)
+    assert not c.due(now=0.0)
+    b = c.offer(_update(nodes, "n1", value=4.0, n=30), now=1.0)
+    stored[b.key] = _update(nodes, "n1", value=4.0, n=30)
+    assert c.due(now=1.0)
+    out = c.aggregate(GLOBAL, stored)
+    # (10*1 + 30*4) / 40 = 3.25
+    np.testing.assert_allclose(out.weights["w"], [3.25, 3.25])
+    assert out.version == 1 and out.participants == ("n0", "n1") and out.num_examples == 40
+    assert sorted(c.commit(out)) == sorted(stored)
+    assert c.version == 1 and not c.buffer
+
+
+def test_duplicate_is_dropped_and_conflicting_replay_rejected(nodes) -> None:
+    c = _coord(nodes, quorum=3)
+    data = _update(nodes, "n0")
+    assert not c.offer(data, now=0).duplicate
+    assert c.offer(data, now=0).duplicate
+    assert len(c.buffer) == 1
+    with pytest.raises(CodecError) as err:
+        c.offer(_update(nodes, "n0", value=9.0), now=0)
+    assert err.value.reason == "replay"
+
+
+def test_stale_and_wrong_task_and_tampered_are_rejected_with_reasons(nodes) -> None:
+    c = _coord(nodes, quorum=1)
+    c.version = 3
+    with pytest.raises(CodecError) as err:
+        c.offer(_update(nodes, "n0", base=2), now=0)
+    assert err.value.reason == "stale"
+    with pytest.raises(CodecError) as err:
+        c.offer(_update(nodes, "n0", base=3, task="other"), now=0)
+    assert err.value.reason == "wrong_task"
+    bad = bytearray(_update(nodes, "n0", base=3))
+    bad[-10] ^= 1
+    with pytest.raises(CodecError) as err:
+        c.offer(bytes(bad), now=0)
+    assert err.value.reason == "bad_signature"
+    assert not c.buffer
+
+
+def test_deadline_closes_a_partial_round(nodes) -> None:
+    c = _coord(nodes, quorum=4, min_quorum=2, deadline_s=10)
+    c.offer(_update(nodes, "n0"), now=100.0)
+    assert not c.due(now=200.0)  # below min_quorum
+    c.offer(_update(nodes, "n1"), now=101.0)
+    assert not c.due(now=105.0)
+    assert c.due(now=110.0)
+
+
+def test_order_and_restart_do_not_change_the_aggregate(nodes) -> None:
+    blobs = {n: _update(nodes, n, value=float(i) + 0.25, n=5 + i) for i, n in enumerate(nodes)}
+    c1 = _coord(nodes, quorum=4)
+    stored1 = {c1.offer(b, now=0).key: b for b in blobs.values()}
+    ref = c1.aggregate(GLOBAL, stored1)
+
+    c2 = _coord(nodes, quorum=4)
+    stored2 = {}
+    for n in reversed(list(blobs)[2:]):
+        stored2[c2.offer(blobs[n], now=0).key] = blobs[n]
+    state = json.loads(json.dumps(c2.state_dict()))  # through JSON, as a table stores it
+    c3 = _coord(nodes, quorum=4)
+    c3.load_state_dict(state)
+    for n in list(blobs)[:2] + list(blobs)[2:]:  # redelivery of the first half included
+        off = c3.offer(blobs[n], now=0)
+        stored2[off.key] = blobs[n]
+    out = c3.aggregate(GLOBAL, stored2)
+    assert out.participants == ref.participants
+    np.testing.assert_array_equal(out.weights["w"], ref.weights["w"])
+
+
+def test_async_mode_admits_stale_updates_and_closes_every_k(nodes) -> None:
+    c = RoundCoordinator(task="t", keys=_keys(nodes), expected=EXPECTED,
+                         strategy=make_strategy("fedbuff", buffer_size=2),
+                         policy=RoundPolicy(mode="async", buffer_size=2, max_staleness=2))
+    c.version = 2
+    stored = {}
+    off = c.offer(_update(nodes, "n0", base=0, value=1.0), now=0)
+    assert off.staleness == 2
+    stored[off.key] = _update(nodes, "n0", base=0, value=1.0)
+    assert not c.due(now=0)
+    off = c.offer(_update(nodes, "n1", base=2, value=1.0), now=0)
+    stored[off.key] = _update(nodes, "n1", base=2, value=1.0)
+    assert c.due(now=0)
+    out = c.aggregate(GLOBAL, stored)
+    assert out.version == 3
+    assert np.all(out.weights["w"] > 0)
+    c.commit(out)
+    with pytest.raises(CodecError) as err:
+        c.offer(_update(nodes, "n2", base=0), now=0)  # staleness 3 > 2
+    assert err.value.reason == "stale"
+
+
+def test_policy_validates() -> None:
+    with pytest.raises(ValueError):
+        RoundPolicy(mode="eventually")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        RoundPolicy(quorum=2, min_quorum=3)
