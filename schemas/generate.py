@@ -1,10 +1,15 @@
-"""Regenerate the committed JSON Schema files: ``python -m schemas.generate [out_dir]``."""
+"""Regenerate every committed JSON Schema file: ``python -m schemas.generate [out_dir]``.
+
+Writes the ModelUpdate envelope (``schemas.update``) and the other message kinds
+(``schemas.messages``).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from schemas.messages import write_message_schemas
 from schemas.update import write_json_schemas
 
 JSONSCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
@@ -14,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     """Write the schema files into ``argv[0]`` (default ``schemas/jsonschema/``)."""
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0]) if args else JSONSCHEMA_DIR
-    for path in write_json_schemas(out):
+    for path in [*write_json_schemas(out), *write_message_schemas(out)]:
         sys.stdout.write(f"{path}\n")
     return 0
 

@@ -81,7 +81,9 @@ class PrivacyStamp:
     """
 
     epsilon: float = field(metadata=_meta("cumulative epsilon at delta", minimum=0))
-    delta: float = field(metadata=_meta("delta of the (epsilon, delta) guarantee", minimum=0, exclusiveMaximum=1))
+    delta: float = field(
+        metadata=_meta("delta of the (epsilon, delta) guarantee", minimum=0, exclusiveMaximum=1)
+    )
     noise_multiplier: float = field(metadata=_meta("DP-SGD noise multiplier sigma", minimum=0))
     sample_rate: float = field(metadata=_meta("Poisson sample rate q", minimum=0, maximum=1))
     steps: int = field(metadata=_meta("optimizer steps in this round", minimum=0))
@@ -90,7 +92,12 @@ class PrivacyStamp:
     def __post_init__(self) -> None:
         for name in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"PrivacyStamp.{name} must be a finite number >= 0, got {value!r}")
         if self.delta >= 1:
             raise ValueError(f"PrivacyStamp.delta must be < 1, got {self.delta!r}")
@@ -99,7 +106,9 @@ class PrivacyStamp:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ValueError(f"PrivacyStamp.steps must be an int >= 0, got {self.steps!r}")
         if self.accountant not in ("prv", "rdp"):
-            raise ValueError(f"PrivacyStamp.accountant must be 'prv' or 'rdp', got {self.accountant!r}")
+            raise ValueError(
+                f"PrivacyStamp.accountant must be 'prv' or 'rdp', got {self.accountant!r}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,7 +193,9 @@ class TensorSpec:
     compression: TensorCompression = field(metadata=_meta("element encoding in the payload"))
     scale: float | None = field(
         default=None,
-        metadata=_meta("int8 only: decoded = int8 * scale (symmetric per-tensor); null otherwise", minimum=0),
+        metadata=_meta(
+            "int8 only: decoded = int8 * scale (symmetric per-tensor); null otherwise", minimum=0
+        ),
     )
 
 
@@ -212,7 +223,9 @@ class UpdateHeader:
     metrics: Mapping[str, float] = field(metadata=_meta("local metrics, finite floats"))
     privacy: PrivacyStamp = field(metadata=_meta("differential-privacy stamp"))
     created_at: float = field(metadata=_meta("unix seconds", minimum=0))
-    tensors: tuple[TensorSpec, ...] = field(metadata=_meta("payload layout, in payload order", maxItems=4096))
+    tensors: tuple[TensorSpec, ...] = field(
+        metadata=_meta("payload layout, in payload order", maxItems=4096)
+    )
     payload_size: int = field(metadata=_meta("bytes of the decompressed payload", minimum=0))
 
 

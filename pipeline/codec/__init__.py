@@ -1,7 +1,14 @@
 """Update codec: compression, Ed25519 signatures, strict decoding, replay/staleness admission."""
 
 from pipeline.codec.admission import UpdateAdmission
-from pipeline.codec.codec import FORMAT_VERSION, MAGIC, MAX_UPDATE_BYTES, decode_update, encode_update, peek_node_id
+from pipeline.codec.codec import (
+    FORMAT_VERSION,
+    MAGIC,
+    MAX_UPDATE_BYTES,
+    decode_update,
+    encode_update,
+    peek_node_id,
+)
 from pipeline.codec.compression import Compression, dequantize, quantize
 from pipeline.codec.exceptions import (
     BadMagicError,

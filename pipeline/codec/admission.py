@@ -72,7 +72,10 @@ class UpdateAdmission:
         rounds = self._seen.get((update.task, update.node_id), [])
         i = bisect.bisect_left(rounds, update.round)
         if i < len(rounds) and rounds[i] == update.round:
-            raise ReplayError("replay", f"node {update.node_id!r} round {update.round} of task {update.task!r} was already admitted")
+            raise ReplayError(
+                "replay",
+                f"node {update.node_id!r} round {update.round} of task {update.task!r} was already admitted",
+            )
         if i == 0 and len(rounds) >= self.replay_window:
             raise ReplayError(
                 "replay_window",
@@ -81,11 +84,13 @@ class UpdateAdmission:
         staleness = current_version - update.base_version
         if staleness < 0:
             raise StaleUpdateError(
-                "future_version", f"base version {update.base_version} is newer than the current {current_version}"
+                "future_version",
+                f"base version {update.base_version} is newer than the current {current_version}",
             )
         if staleness > self.max_staleness:
             raise StaleUpdateError(
-                "stale", f"staleness {staleness} (base {update.base_version}, current {current_version}) exceeds {self.max_staleness}"
+                "stale",
+                f"staleness {staleness} (base {update.base_version}, current {current_version}) exceeds {self.max_staleness}",
             )
         return staleness
 
@@ -124,7 +129,9 @@ class UpdateAdmission:
             "kind": _STATE_KIND,
             "max_staleness": self.max_staleness,
             "replay_window": self.replay_window,
-            "seen": [[task, node, list(rounds)] for (task, node), rounds in sorted(self._seen.items())],
+            "seen": [
+                [task, node, list(rounds)] for (task, node), rounds in sorted(self._seen.items())
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -133,7 +140,12 @@ class UpdateAdmission:
         The configured ``max_staleness`` and ``replay_window`` of this object win over the saved
         ones (configuration may change across restarts); remembered rounds are kept.
         """
-        if not isinstance(state, dict) or set(state) != {"kind", "max_staleness", "replay_window", "seen"}:
+        if not isinstance(state, dict) or set(state) != {
+            "kind",
+            "max_staleness",
+            "replay_window",
+            "seen",
+        }:
             raise ValueError("not an UpdateAdmission state: keys differ")
         if state["kind"] != _STATE_KIND:
             raise ValueError(f"state kind {state['kind']!r} is not {_STATE_KIND!r}")
@@ -142,8 +154,10 @@ class UpdateAdmission:
             if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
                 raise ValueError(f"malformed seen entry {entry!r}")
             task, node, rounds = entry
-            if not isinstance(task, str) or not isinstance(node, str) or not all(
-                isinstance(r, int) and not isinstance(r, bool) for r in rounds
+            if (
+                not isinstance(task, str)
+                or not isinstance(node, str)
+                or not all(isinstance(r, int) and not isinstance(r, bool) for r in rounds)
             ):
                 raise ValueError(f"malformed seen entry {entry!r}")
             seen[(task, node)] = sorted(set(rounds))[-self.replay_window :]

@@ -46,7 +46,14 @@ from pipeline.codec.exceptions import (
 from pipeline.codec.signing import SIGNATURE_SIZE, KeyRegistry, sign
 from schemas.update import SCHEMA_VERSION, ModelUpdate, PrivacyStamp
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "MAX_UPDATE_BYTES", "decode_update", "encode_update", "peek_node_id"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_UPDATE_BYTES",
+    "decode_update",
+    "encode_update",
+    "peek_node_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +66,31 @@ _MAX_NODE_ID_BYTES = 128
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _HEADER_KEYS = frozenset(
-    {"schema_version", "node_id", "task", "round", "base_version", "num_examples", "metrics",
-     "privacy", "created_at", "tensors", "payload_size"}
+    {
+        "schema_version",
+        "node_id",
+        "task",
+        "round",
+        "base_version",
+        "num_examples",
+        "metrics",
+        "privacy",
+        "created_at",
+        "tensors",
+        "payload_size",
+    }
 )
 _TENSOR_KEYS = frozenset({"name", "shape", "dtype", "compression", "scale"})
-_PRIVACY_KEYS = frozenset({"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant"})
+_PRIVACY_KEYS = frozenset(
+    {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant"}
+)
 _local = threading.local()
 
 
 def _canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -132,7 +154,9 @@ def encode_update(
     for key, value in update.metrics.items():
         fvalue = float(value)
         if not isinstance(key, str) or not math.isfinite(fvalue):
-            raise ValueError(f"metric {key!r} must have a str name and a finite value, got {value!r}")
+            raise ValueError(
+                f"metric {key!r} must have a str name and a finite value, got {value!r}"
+            )
         metrics[key] = fvalue
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -145,8 +169,13 @@ def encode_update(
         except ValueError as exc:
             raise ValueError(f"tensor {name!r}: {exc}") from None
         tensors.append(
-            {"name": name, "shape": [int(d) for d in arr.shape], "dtype": "float32",
-             "compression": comp.value, "scale": scale}
+            {
+                "name": name,
+                "shape": [int(d) for d in arr.shape],
+                "dtype": "float32",
+                "compression": comp.value,
+                "scale": scale,
+            }
         )
         chunks.append(raw)
     payload_raw = b"".join(chunks)
@@ -160,9 +189,12 @@ def encode_update(
         "num_examples": update.num_examples,
         "metrics": metrics,
         "privacy": {
-            "epsilon": float(p.epsilon), "delta": float(p.delta),
-            "noise_multiplier": float(p.noise_multiplier), "sample_rate": float(p.sample_rate),
-            "steps": int(p.steps), "accountant": p.accountant,
+            "epsilon": float(p.epsilon),
+            "delta": float(p.delta),
+            "noise_multiplier": float(p.noise_multiplier),
+            "sample_rate": float(p.sample_rate),
+            "steps": int(p.steps),
+            "accountant": p.accountant,
         },
         "created_at": float(update.created_at),
         "tensors": tensors,
@@ -172,19 +204,37 @@ def encode_update(
     node_bytes = update.node_id.encode("utf-8")
     payload = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(payload_raw)
     body = b"".join(
-        (MAGIC, bytes((FORMAT_VERSION,)), _U16.pack(len(node_bytes)), node_bytes,
-         _U32.pack(len(header_bytes)), header_bytes, _U32.pack(len(payload)), payload)
+        (
+            MAGIC,
+            bytes((FORMAT_VERSION,)),
+            _U16.pack(len(node_bytes)),
+            node_bytes,
+            _U32.pack(len(header_bytes)),
+            header_bytes,
+            _U32.pack(len(payload)),
+            payload,
+        )
     )
     return body + sign(body, private_key=private_key)
 
 
-def _sign_frame(node_id: str, header: Mapping[str, Any], payload: bytes, *, private_key: bytes) -> bytes:
+def _sign_frame(
+    node_id: str, header: Mapping[str, Any], payload: bytes, *, private_key: bytes
+) -> bytes:
     """Assemble and sign a frame from raw parts (tests build hostile-but-signed frames with it)."""
     node_bytes = node_id.encode("utf-8")
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     body = b"".join(
-        (MAGIC, bytes((FORMAT_VERSION,)), _U16.pack(len(node_bytes)), node_bytes,
-         _U32.pack(len(header_bytes)), header_bytes, _U32.pack(len(payload)), payload)
+        (
+            MAGIC,
+            bytes((FORMAT_VERSION,)),
+            _U16.pack(len(node_bytes)),
+            node_bytes,
+            _U32.pack(len(header_bytes)),
+            header_bytes,
+            _U32.pack(len(payload)),
+            payload,
+        )
     )
     return body + sign(body, private_key=private_key)
 
@@ -199,7 +249,9 @@ def _split(view: memoryview) -> tuple[str, memoryview, memoryview, memoryview, m
     if n < 4:
         raise TruncatedError("truncated", "missing format version")
     if view[3] != FORMAT_VERSION:
-        raise UnsupportedVersionError("unsupported_version", f"frame format version {view[3]}, expected {FORMAT_VERSION}")
+        raise UnsupportedVersionError(
+            "unsupported_version", f"frame format version {view[3]}, expected {FORMAT_VERSION}"
+        )
     pos = 4
 
     def take(size: int, what: str) -> memoryview:
@@ -212,11 +264,15 @@ def _split(view: memoryview) -> tuple[str, memoryview, memoryview, memoryview, m
 
     node_len = _U16.unpack(take(2, "node id length"))[0]
     if not 0 < node_len <= _MAX_NODE_ID_BYTES:
-        raise HeaderError("bad_header", f"node id length {node_len} outside 1..{_MAX_NODE_ID_BYTES}")
+        raise HeaderError(
+            "bad_header", f"node id length {node_len} outside 1..{_MAX_NODE_ID_BYTES}"
+        )
     node_raw = take(node_len, "node id")
     header_len = _U32.unpack(take(4, "header length"))[0]
     if header_len > _MAX_HEADER_BYTES:
-        raise TooLargeError("too_large", f"header of {header_len} bytes exceeds {_MAX_HEADER_BYTES}")
+        raise TooLargeError(
+            "too_large", f"header of {header_len} bytes exceeds {_MAX_HEADER_BYTES}"
+        )
     header = take(header_len, "header")
     payload_len = _U32.unpack(take(4, "payload length"))[0]
     payload = take(payload_len, "payload")
@@ -259,7 +315,10 @@ def _check_header(doc: object, node_id: str) -> dict[str, Any]:
         got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
         raise HeaderError("bad_header", f"header keys {got} differ from the schema")
     if doc["schema_version"] != SCHEMA_VERSION:
-        raise UnsupportedVersionError("unsupported_version", f"schema version {doc['schema_version']!r}, expected {SCHEMA_VERSION}")
+        raise UnsupportedVersionError(
+            "unsupported_version",
+            f"schema version {doc['schema_version']!r}, expected {SCHEMA_VERSION}",
+        )
     if doc["node_id"] != node_id:
         raise HeaderError("bad_header", "header node_id differs from the frame's node id")
     for key in ("round", "base_version", "num_examples", "payload_size"):
@@ -284,19 +343,29 @@ def _check_header(doc: object, node_id: str) -> dict[str, Any]:
             raise HeaderError("bad_header", "tensor spec keys differ from the schema")
         name, shape, comp, scale = spec["name"], spec["shape"], spec["compression"], spec["scale"]
         if not isinstance(name, str) or not name or name in seen:
-            raise HeaderError("bad_header", f"tensor name {name!r} is empty, not a str, or repeated")
+            raise HeaderError(
+                "bad_header", f"tensor name {name!r} is empty, not a str, or repeated"
+            )
         seen.add(name)
-        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(_is_int(d) and d >= 0 for d in shape)
+        ):
             raise HeaderError("bad_header", f"tensor {name!r}: bad shape {shape!r}")
         if spec["dtype"] != "float32":
-            raise ShapeMismatchError("dtype_mismatch", f"tensor {name!r}: dtype {spec['dtype']!r} is not float32")
+            raise ShapeMismatchError(
+                "dtype_mismatch", f"tensor {name!r}: dtype {spec['dtype']!r} is not float32"
+            )
         if comp not in ("float32", "float16", "int8"):
             raise HeaderError("bad_header", f"tensor {name!r}: unknown compression {comp!r}")
         if comp == "int8":
             if not _is_num(scale):
                 raise HeaderError("bad_header", f"tensor {name!r}: int8 needs a numeric scale")
             if not math.isfinite(scale) or abs(scale) * 127.0 > _FLOAT32_MAX:
-                raise NonFiniteError("non_finite", f"tensor {name!r}: scale {scale!r} is not finite")
+                raise NonFiniteError(
+                    "non_finite", f"tensor {name!r}: scale {scale!r} is not finite"
+                )
             if scale < 0:
                 raise HeaderError("bad_header", f"tensor {name!r}: negative scale")
         elif scale is not None:
@@ -311,16 +380,20 @@ def _check_expected(
     if set(names) != set(expected):
         missing = sorted(set(expected) - set(names))
         extra = sorted(set(names) - set(expected))
-        raise ShapeMismatchError("tensor_names", f"missing tensors {missing}, unexpected tensors {extra}")
+        raise ShapeMismatchError(
+            "tensor_names", f"missing tensors {missing}, unexpected tensors {extra}"
+        )
     for spec in tensors:
         want_shape, want_dtype = expected[spec["name"]]
         if tuple(spec["shape"]) != tuple(want_shape):
             raise ShapeMismatchError(
-                "shape_mismatch", f"tensor {spec['name']!r}: shape {tuple(spec['shape'])}, expected {tuple(want_shape)}"
+                "shape_mismatch",
+                f"tensor {spec['name']!r}: shape {tuple(spec['shape'])}, expected {tuple(want_shape)}",
             )
         if np.dtype(want_dtype).name != spec["dtype"]:
             raise ShapeMismatchError(
-                "dtype_mismatch", f"tensor {spec['name']!r}: dtype {spec['dtype']}, expected {np.dtype(want_dtype).name}"
+                "dtype_mismatch",
+                f"tensor {spec['name']!r}: dtype {spec['dtype']}, expected {np.dtype(want_dtype).name}",
             )
 
 
@@ -391,9 +464,13 @@ def decode_update(
     sizes = [math.prod(t["shape"]) * element_size(t["compression"]) for t in tensors]
     total = sum(sizes)
     if total != header["payload_size"]:
-        raise HeaderError("bad_header", f"payload_size {header['payload_size']} != {total} implied by the tensors")
+        raise HeaderError(
+            "bad_header", f"payload_size {header['payload_size']} != {total} implied by the tensors"
+        )
     if total > limit_decoded:
-        raise TooLargeError("too_large", f"decoded payload of {total} bytes exceeds {limit_decoded}")
+        raise TooLargeError(
+            "too_large", f"decoded payload of {total} bytes exceeds {limit_decoded}"
+        )
     if expected is not None:
         _check_expected(tensors, expected)
 
@@ -402,9 +479,13 @@ def decode_update(
     except zstandard.ZstdError as exc:
         raise DecompressionError("bad_payload", f"not a zstd frame: {exc}") from None
     if content_size not in (-1, total):
-        raise DecompressionError("bad_payload", f"zstd frame declares {content_size} bytes, header says {total}")
+        raise DecompressionError(
+            "bad_payload", f"zstd frame declares {content_size} bytes, header says {total}"
+        )
     try:
-        raw = _decompressor().decompress(payload, max_output_size=max(total, 1), allow_extra_data=False)
+        raw = _decompressor().decompress(
+            payload, max_output_size=max(total, 1), allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
         raise DecompressionError("bad_payload", f"zstd: {exc}") from None
     if len(raw) != total:
@@ -414,7 +495,12 @@ def decode_update(
     offset = 0
     raw_view = memoryview(raw)
     for spec, size in zip(tensors, sizes, strict=True):
-        arr = dequantize(raw_view[offset : offset + size], spec["compression"], tuple(spec["shape"]), scale=spec["scale"])
+        arr = dequantize(
+            raw_view[offset : offset + size],
+            spec["compression"],
+            tuple(spec["shape"]),
+            scale=spec["scale"],
+        )
         offset += size
         if not np.isfinite(arr).all():
             raise NonFiniteError("non_finite", f"tensor {spec['name']!r} holds NaN or Inf")
@@ -423,13 +509,24 @@ def decode_update(
     privacy = header["privacy"]
     try:
         stamp = PrivacyStamp(
-            epsilon=privacy["epsilon"], delta=privacy["delta"], noise_multiplier=privacy["noise_multiplier"],
-            sample_rate=privacy["sample_rate"], steps=privacy["steps"], accountant=privacy["accountant"],
+            epsilon=privacy["epsilon"],
+            delta=privacy["delta"],
+            noise_multiplier=privacy["noise_multiplier"],
+            sample_rate=privacy["sample_rate"],
+            steps=privacy["steps"],
+            accountant=privacy["accountant"],
         )
         return ModelUpdate(
-            node_id=node_id, task=header["task"], round=header["round"], base_version=header["base_version"],
-            num_examples=header["num_examples"], metrics=dict(header["metrics"]), privacy=stamp, delta=delta,
-            schema_version=header["schema_version"], created_at=float(header["created_at"]),
+            node_id=node_id,
+            task=header["task"],
+            round=header["round"],
+            base_version=header["base_version"],
+            num_examples=header["num_examples"],
+            metrics=dict(header["metrics"]),
+            privacy=stamp,
+            delta=delta,
+            schema_version=header["schema_version"],
+            created_at=float(header["created_at"]),
         )
     except ValueError as exc:
         raise HeaderError("bad_header", str(exc)) from None

@@ -14,7 +14,8 @@ Compression of the byte stream (zstd) is done by :mod:`pipeline.codec.codec`.
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,10 +25,14 @@ __all__ = ["Compression", "dequantize", "element_size", "quantize"]
 logger = logging.getLogger(__name__)
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-_WIRE_DTYPE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+_WIRE_DTYPE: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int8": np.dtype("i1"),
+}
 
 
-class Compression(str, Enum):
+class Compression(StrEnum):
     """Element encoding of the tensors in an update payload.
 
     Examples
@@ -49,7 +54,7 @@ def element_size(compression: Compression | str) -> int:
     >>> element_size(Compression.FLOAT16)
     2
     """
-    return _WIRE_DTYPE[Compression(compression).value].itemsize
+    return int(_WIRE_DTYPE[Compression(compression).value].itemsize)
 
 
 def quantize(
@@ -96,7 +101,9 @@ def quantize(
         return np.ascontiguousarray(x, dtype="<f4").tobytes(), None
     if comp is Compression.FLOAT16:
         if peak > _FLOAT16_MAX:
-            raise ValueError(f"value {peak:g} overflows float16 (max {_FLOAT16_MAX:g}); use float32 or int8")
+            raise ValueError(
+                f"value {peak:g} overflows float16 (max {_FLOAT16_MAX:g}); use float32 or int8"
+            )
         return np.ascontiguousarray(x, dtype="<f2").tobytes(), None
     scale = peak / 127.0
     if scale == 0.0:
@@ -133,4 +140,5 @@ def dequantize(
         out *= np.float32(scale)
     else:
         out = values.astype(np.float32)  # copies: the result never aliases the input buffer
-    return out.reshape(shape)
+    result: npt.NDArray[np.float32] = out.reshape(shape)
+    return result

@@ -20,7 +20,15 @@ import nacl.signing
 
 from pipeline.codec.exceptions import SignatureError, UnknownNodeError
 
-__all__ = ["KEY_SIZE", "SIGNATURE_SIZE", "KeyRegistry", "generate_keypair", "public_key_of", "sign", "verify"]
+__all__ = [
+    "KEY_SIZE",
+    "SIGNATURE_SIZE",
+    "KeyRegistry",
+    "generate_keypair",
+    "public_key_of",
+    "sign",
+    "verify",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +91,9 @@ def verify(message: bytes | memoryview, signature: bytes, *, public_key: bytes) 
     _verify_with(nacl.signing.VerifyKey(public_key), message, signature)
 
 
-def _verify_with(key: nacl.signing.VerifyKey, message: bytes | memoryview, signature: bytes) -> None:
+def _verify_with(
+    key: nacl.signing.VerifyKey, message: bytes | memoryview, signature: bytes
+) -> None:
     if len(signature) != SIGNATURE_SIZE:
         raise SignatureError("bad_signature", "signature must be 64 bytes")
     try:
@@ -130,7 +140,9 @@ class KeyRegistry:
         key = bytes(public_key)
         old = self._keys.get(node_id)
         if old is not None and old != key and not replace:
-            raise ValueError(f"node {node_id!r} already has a different key; pass replace=True to rotate")
+            raise ValueError(
+                f"node {node_id!r} already has a different key; pass replace=True to rotate"
+            )
         try:
             verify_key = nacl.signing.VerifyKey(key)
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
@@ -150,7 +162,9 @@ class KeyRegistry:
         try:
             return self._keys[node_id]
         except KeyError:
-            raise UnknownNodeError("unknown_node", f"no public key registered for node {node_id!r}") from None
+            raise UnknownNodeError(
+                "unknown_node", f"no public key registered for node {node_id!r}"
+            ) from None
 
     def verify(self, node_id: str, message: bytes | memoryview, signature: bytes) -> None:
         """Verify ``signature`` by ``node_id`` over ``message``.
@@ -211,7 +225,11 @@ class KeyRegistry:
         Raises ``ValueError`` if the file is not a key registry.
         """
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(doc, dict) or doc.get("format") != _REGISTRY_FORMAT or not isinstance(doc.get("keys"), dict):
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != _REGISTRY_FORMAT
+            or not isinstance(doc.get("keys"), dict)
+        ):
             raise ValueError(f"{path} is not an EdgeVeil key registry ({_REGISTRY_FORMAT})")
         reg = cls()
         for node_id, b64 in doc["keys"].items():

@@ -19,8 +19,19 @@ from pipeline.strategies.aggregate import (
     trimmed_mean,
     weighted_average,
 )
-from pipeline.strategies.base import ClientResult, StatefulStrategy, Strategy, Weights, check_results, copy_weights
-from pipeline.strategies.exceptions import IncompatibleUpdateError, NotEnoughResultsError, StrategyError
+from pipeline.strategies.base import (
+    ClientResult,
+    StatefulStrategy,
+    Strategy,
+    Weights,
+    check_results,
+    copy_weights,
+)
+from pipeline.strategies.exceptions import (
+    IncompatibleUpdateError,
+    NotEnoughResultsError,
+    StrategyError,
+)
 from pipeline.strategies.fedavg import FedAvg, RunningFedAvg
 
 __all__ = [
@@ -88,7 +99,9 @@ def make_strategy(name: str, **kwargs: Any) -> Strategy:
     try:
         target = STRATEGIES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(sorted(STRATEGIES))}") from None
+        raise ValueError(
+            f"unknown strategy {name!r}; valid names: {', '.join(sorted(STRATEGIES))}"
+        ) from None
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     strategy: Strategy = cls(**kwargs)

@@ -179,7 +179,8 @@ def krum_scores(results: Pairs, *, num_byzantine: int) -> npt.NDArray[np.float64
     dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
     np.fill_diagonal(dist, np.inf)
     closest = n - num_byzantine - 2
-    return np.sort(dist, axis=1)[:, :closest].sum(axis=1)
+    scores: npt.NDArray[np.float64] = np.sort(dist, axis=1)[:, :closest].sum(axis=1)
+    return scores
 
 
 def multi_krum(
@@ -239,7 +240,9 @@ def global_l2_norm(weights: Mapping[str, np.ndarray]) -> float:
     >>> global_l2_norm({"a": np.array([3.0]), "b": np.array([4.0])})
     5.0
     """
-    return math.sqrt(sum(float(np.vdot(v, v)) for v in (np.asarray(w, np.float64) for w in weights.values())))
+    return math.sqrt(
+        sum(float(np.vdot(v, v)) for v in (np.asarray(w, np.float64) for w in weights.values()))
+    )
 
 
 def clip_l2(weights: Mapping[str, np.ndarray], *, max_norm: float) -> tuple[Weights, float]:
@@ -258,7 +261,9 @@ def clip_l2(weights: Mapping[str, np.ndarray], *, max_norm: float) -> tuple[Weig
         raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
     norm = global_l2_norm(weights)
     factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
-    return {k: (np.asarray(v, np.float64) * factor).astype(np.float32) for k, v in weights.items()}, norm
+    return {
+        k: (np.asarray(v, np.float64) * factor).astype(np.float32) for k, v in weights.items()
+    }, norm
 
 
 def add_scaled(

@@ -17,7 +17,14 @@ import numpy as np
 
 from pipeline.strategies.exceptions import IncompatibleUpdateError
 
-__all__ = ["ClientResult", "StatefulStrategy", "Strategy", "Weights", "check_results", "copy_weights"]
+__all__ = [
+    "ClientResult",
+    "StatefulStrategy",
+    "Strategy",
+    "Weights",
+    "check_results",
+    "copy_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +116,9 @@ def copy_weights(weights: Mapping[str, np.ndarray]) -> Weights:
     return {k: np.array(v, copy=True) for k, v in weights.items()}
 
 
-def check_results(global_weights: Mapping[str, np.ndarray], results: Sequence[ClientResult]) -> None:
+def check_results(
+    global_weights: Mapping[str, np.ndarray], results: Sequence[ClientResult]
+) -> None:
     """Raise :class:`IncompatibleUpdateError` if any delta does not fit ``global_weights``.
 
     Examples
@@ -122,8 +131,12 @@ def check_results(global_weights: Mapping[str, np.ndarray], results: Sequence[Cl
         if r.delta.keys() != global_weights.keys():
             missing = sorted(set(global_weights) - set(r.delta))
             extra = sorted(set(r.delta) - set(global_weights))
-            raise IncompatibleUpdateError(r.node_id, f"missing tensors {missing}, unexpected {extra}")
+            raise IncompatibleUpdateError(
+                r.node_id, f"missing tensors {missing}, unexpected {extra}"
+            )
         for name, g in global_weights.items():
             d = np.shape(r.delta[name])
             if d != np.shape(g):
-                raise IncompatibleUpdateError(r.node_id, f"tensor {name!r} has shape {d}, expected {np.shape(g)}")
+                raise IncompatibleUpdateError(
+                    r.node_id, f"tensor {name!r} has shape {d}, expected {np.shape(g)}"
+                )

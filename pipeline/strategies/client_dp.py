@@ -123,7 +123,9 @@ class ClientDP:
             return 0.0
         if self.noise_multiplier == 0:
             return float("inf")
-        return float(self._accountant.get_epsilon(delta=self.target_delta if delta is None else delta))
+        return float(
+            self._accountant.get_epsilon(delta=self.target_delta if delta is None else delta)
+        )
 
     def aggregate(self, global_weights: Weights, results: Sequence[ClientResult]) -> Weights:
         """Clip each delta to ``clip_norm``, add noise to the sum, average, delegate to ``inner``.
@@ -141,7 +143,9 @@ class ClientDP:
             for k, acc in total.items():
                 acc += delta[k]
         std = self.noise_multiplier * self.clip_norm
-        denominator = self.expected_clients if self.expected_clients is not None else float(len(results))
+        denominator = (
+            self.expected_clients if self.expected_clients is not None else float(len(results))
+        )
         noised: Weights = {}
         for k, acc in total.items():
             if std > 0:
@@ -149,8 +153,15 @@ class ClientDP:
             noised[k] = (acc / denominator).astype(np.float32)
         self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.last_clipped = int(clipped)
-        logger.debug("client DP: %d/%d deltas clipped, sigma=%g", clipped, len(results), self.noise_multiplier)
-        return self.inner.aggregate(global_weights, [ClientResult(node_id="dp-aggregate", delta=noised, num_examples=1)])
+        logger.debug(
+            "client DP: %d/%d deltas clipped, sigma=%g",
+            clipped,
+            len(results),
+            self.noise_multiplier,
+        )
+        return self.inner.aggregate(
+            global_weights, [ClientResult(node_id="dp-aggregate", delta=noised, num_examples=1)]
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Accountant history (and the inner strategy's state when it has one)."""
@@ -167,7 +178,9 @@ class ClientDP:
             raise ValueError("not a ClientDP state for this configuration")
         acc = state["accountant"]
         if acc.get("mechanism") != self.accountant:
-            raise ValueError(f"accountant mechanism {acc.get('mechanism')!r} != {self.accountant!r}")
+            raise ValueError(
+                f"accountant mechanism {acc.get('mechanism')!r} != {self.accountant!r}"
+            )
         self._accountant.history = [tuple(h) for h in acc["history"]]
         if state["inner"] is not None:
             loader = getattr(self.inner, "load_state_dict", None)

@@ -78,10 +78,15 @@ class RunningFedAvg:
             self._init(result.delta)
         assert self._sum is not None and self._shapes is not None
         if result.delta.keys() != self._shapes.keys():
-            raise IncompatibleUpdateError(result.node_id, "tensor names differ from the running sum's")
+            raise IncompatibleUpdateError(
+                result.node_id, "tensor names differ from the running sum's"
+            )
         for k, s in self._shapes.items():
             if tuple(np.shape(result.delta[k])) != s:
-                raise IncompatibleUpdateError(result.node_id, f"tensor {k!r} has shape {np.shape(result.delta[k])}, expected {s}")
+                raise IncompatibleUpdateError(
+                    result.node_id,
+                    f"tensor {k!r} has shape {np.shape(result.delta[k])}, expected {s}",
+                )
         for k, acc in self._sum.items():
             acc += np.asarray(result.delta[k], dtype=np.float64) * w
         self._total += w
@@ -161,6 +166,8 @@ class FedAvg:
             running.add(r)
         if running.total_weight <= 0:
             if results:
-                logger.warning("fedavg: %d results with zero examples; global model unchanged", len(results))
+                logger.warning(
+                    "fedavg: %d results with zero examples; global model unchanged", len(results)
+                )
             return copy_weights(global_weights)
         return add_scaled(global_weights, running.result(), scale=self.server_lr)

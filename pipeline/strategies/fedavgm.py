@@ -88,7 +88,9 @@ class FedAvgM:
         """Velocity (``None`` before the first step) and hyper-parameters."""
         return {
             "name": self.name,
-            "velocity": None if self._velocity is None else {k: v.copy() for k, v in self._velocity.items()},
+            "velocity": None
+            if self._velocity is None
+            else {k: v.copy() for k, v in self._velocity.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

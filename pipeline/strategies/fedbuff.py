@@ -93,12 +93,18 @@ class FedBuff:
                 self.last_steps += 1
                 self.total_steps += 1
         if self.last_steps:
-            logger.debug("fedbuff applied %d server step(s); %d pending", self.last_steps, self.pending)
+            logger.debug(
+                "fedbuff applied %d server step(s); %d pending", self.last_steps, self.pending
+            )
         return weights
 
     def state_dict(self) -> dict[str, Any]:
         """Buffer contents and step counter."""
-        return {"name": self.name, "buffer": self._buffer.state_dict(), "total_steps": self.total_steps}
+        return {
+            "name": self.name,
+            "buffer": self._buffer.state_dict(),
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output; ``ValueError`` on a mismatch."""

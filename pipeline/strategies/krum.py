@@ -50,7 +50,9 @@ class MultiKrum:
 
     name = "krum"
 
-    def __init__(self, *, num_byzantine: int = 1, num_selected: int | None = None, server_lr: float = 1.0) -> None:
+    def __init__(
+        self, *, num_byzantine: int = 1, num_selected: int | None = None, server_lr: float = 1.0
+    ) -> None:
         if not isinstance(num_byzantine, int) or num_byzantine < 0:
             raise ValueError(f"num_byzantine must be an int >= 0, got {num_byzantine!r}")
         if num_selected is not None and (not isinstance(num_selected, int) or num_selected < 1):

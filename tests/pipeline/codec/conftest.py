@@ -12,7 +12,9 @@ from pipeline.codec import KeyRegistry, generate_keypair
 from schemas.update import ModelUpdate, PrivacyStamp
 
 NODE = "node-1"
-STAMP = PrivacyStamp(epsilon=0.8, delta=1e-5, noise_multiplier=1.1, sample_rate=0.02, steps=50, accountant="rdp")
+STAMP = PrivacyStamp(
+    epsilon=0.8, delta=1e-5, noise_multiplier=1.1, sample_rate=0.02, steps=50, accountant="rdp"
+)
 
 UpdateFactory = Callable[..., ModelUpdate]
 
@@ -42,8 +44,15 @@ def expected_of(delta: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, .
 def make_update() -> UpdateFactory:
     def factory(**overrides: Any) -> ModelUpdate:
         args: dict[str, Any] = dict(
-            node_id=NODE, task="akl-ped", round=3, base_version=7, num_examples=128,
-            metrics={"loss": 0.42, "mae": 3.5}, privacy=STAMP, delta=small_delta(), created_at=1_700_000_000.5,
+            node_id=NODE,
+            task="akl-ped",
+            round=3,
+            base_version=7,
+            num_examples=128,
+            metrics={"loss": 0.42, "mae": 3.5},
+            privacy=STAMP,
+            delta=small_delta(),
+            created_at=1_700_000_000.5,
         )
         args.update(overrides)
         return ModelUpdate(**args)

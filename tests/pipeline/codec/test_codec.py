@@ -51,7 +51,15 @@ def _split_frame(data: bytes) -> tuple[dict[str, object], bytes]:
 
 
 def _assert_same_header(a: ModelUpdate, b: ModelUpdate) -> None:
-    for field in ("node_id", "task", "round", "base_version", "num_examples", "schema_version", "created_at"):
+    for field in (
+        "node_id",
+        "task",
+        "round",
+        "base_version",
+        "num_examples",
+        "schema_version",
+        "created_at",
+    ):
         assert getattr(a, field) == getattr(b, field), field
     assert dict(a.metrics) == dict(b.metrics)
     assert a.privacy == b.privacy
@@ -62,48 +70,76 @@ def _assert_same_header(a: ModelUpdate, b: ModelUpdate) -> None:
 
 
 @pytest.mark.parametrize("compression", list(Compression))
-def test_round_trip_keeps_header_and_order(compression: Compression, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_round_trip_keeps_header_and_order(
+    compression: Compression, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     # Prepare
     update = make_update()
     # Execute
-    back = decode_update(encode_update(update, private_key=keypair[0], compression=compression), keys=registry, expected=expected_of(update.delta))
+    back = decode_update(
+        encode_update(update, private_key=keypair[0], compression=compression),
+        keys=registry,
+        expected=expected_of(update.delta),
+    )
     # Assert
     _assert_same_header(update, back)
     for name, arr in back.delta.items():
-        assert arr.dtype == np.float32 and arr.shape == update.delta[name].shape and arr.flags.writeable
+        assert (
+            arr.dtype == np.float32
+            and arr.shape == update.delta[name].shape
+            and arr.flags.writeable
+        )
 
 
-def test_float32_small_case_is_exact(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_float32_small_case_is_exact(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     update = make_update()
-    back = decode_update(encode_update(update, private_key=keypair[0], compression="float32"), keys=registry)
+    back = decode_update(
+        encode_update(update, private_key=keypair[0], compression="float32"), keys=registry
+    )
     for name, arr in update.delta.items():
         np.testing.assert_array_equal(back.delta[name], arr)
 
 
-def test_int8_hand_case(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_int8_hand_case(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     # Prepare: max |x| = 2.0 -> scale = 2/127; 0.5 -> round(31.75) = 32 -> 32*2/127
     update = make_update(delta={"w": np.array([2.0, -2.0, 0.5, 0.0], np.float32)})
     # Execute
-    back = decode_update(encode_update(update, private_key=keypair[0], compression="int8"), keys=registry)
+    back = decode_update(
+        encode_update(update, private_key=keypair[0], compression="int8"), keys=registry
+    )
     # Assert
     np.testing.assert_allclose(back.delta["w"], [2.0, -2.0, 32 * 2.0 / 127, 0.0], rtol=1e-6)
 
 
-def test_int8_all_zero_and_empty_tensors(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
-    update = make_update(delta={"z": np.zeros((2, 2), np.float32), "e": np.zeros((0, 3), np.float32)})
+def test_int8_all_zero_and_empty_tensors(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
+    update = make_update(
+        delta={"z": np.zeros((2, 2), np.float32), "e": np.zeros((0, 3), np.float32)}
+    )
     back = decode_update(encode_update(update, private_key=keypair[0]), keys=registry)
     np.testing.assert_array_equal(back.delta["z"], np.zeros((2, 2)))
     assert back.delta["e"].shape == (0, 3)
 
 
-def test_error_bounds_on_random_delta(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_error_bounds_on_random_delta(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     # Prepare
     rng = np.random.default_rng(0)
     x = rng.normal(0, 0.05, size=(64, 100)).astype(np.float32)
     update = make_update(delta={"w": x})
     # Execute
-    q8 = decode_update(encode_update(update, private_key=keypair[0], compression="int8"), keys=registry).delta["w"]
-    f16 = decode_update(encode_update(update, private_key=keypair[0], compression="float16"), keys=registry).delta["w"]
+    q8 = decode_update(
+        encode_update(update, private_key=keypair[0], compression="int8"), keys=registry
+    ).delta["w"]
+    f16 = decode_update(
+        encode_update(update, private_key=keypair[0], compression="float16"), keys=registry
+    ).delta["w"]
     # Assert: int8 error <= scale/2 = max|x|/254 (plus float32 rounding); float16 relative <= 2**-11
     peak = float(np.abs(x).max())
     assert float(np.abs(q8 - x).max()) <= peak / 254 * (1 + 1e-5)
@@ -116,32 +152,84 @@ finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=40, deadline=None)
-@given(arr=hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5), elements=finite_f32))
+@given(
+    arr=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+        elements=finite_f32,
+    )
+)
 def test_float32_round_trip_is_bit_exact(arr: np.ndarray) -> None:
     private, public = _HYP_KEYS
-    update = ModelUpdate(node_id=NODE, task="t", round=0, base_version=0, num_examples=1, metrics={}, privacy=STAMP, delta={"x": arr})
-    back = decode_update(encode_update(update, private_key=private, compression="float32"), keys=KeyRegistry({NODE: public}))
+    update = ModelUpdate(
+        node_id=NODE,
+        task="t",
+        round=0,
+        base_version=0,
+        num_examples=1,
+        metrics={},
+        privacy=STAMP,
+        delta={"x": arr},
+    )
+    back = decode_update(
+        encode_update(update, private_key=private, compression="float32"),
+        keys=KeyRegistry({NODE: public}),
+    )
     assert back.delta["x"].tobytes() == np.ascontiguousarray(arr, "<f4").tobytes()
 
 
 @settings(max_examples=40, deadline=None)
-@given(arr=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6), elements=st.floats(-2.0**100, 2.0**100, width=32)))
+@given(
+    arr=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=2, max_side=6),
+        elements=st.floats(-(2.0**100), 2.0**100, width=32),
+    )
+)
 def test_int8_error_never_exceeds_half_a_step(arr: np.ndarray) -> None:
     private, public = _HYP_KEYS
-    update = ModelUpdate(node_id=NODE, task="t", round=0, base_version=0, num_examples=1, metrics={}, privacy=STAMP, delta={"x": arr})
-    back = decode_update(encode_update(update, private_key=private, compression="int8"), keys=KeyRegistry({NODE: public}))
+    update = ModelUpdate(
+        node_id=NODE,
+        task="t",
+        round=0,
+        base_version=0,
+        num_examples=1,
+        metrics={},
+        privacy=STAMP,
+        delta={"x": arr},
+    )
+    back = decode_update(
+        encode_update(update, private_key=private, compression="int8"),
+        keys=KeyRegistry({NODE: public}),
+    )
     peak = float(np.abs(arr.astype(np.float64)).max())
-    assert float(np.abs(back.delta["x"].astype(np.float64) - arr).max()) <= peak / 254 * (1 + 1e-5) + 1e-45
+    assert (
+        float(np.abs(back.delta["x"].astype(np.float64) - arr).max())
+        <= peak / 254 * (1 + 1e-5) + 1e-45
+    )
 
 
 _HYP_KEYS = generate_keypair()
 
 
-def test_header_validates_against_committed_schema(make_update: UpdateFactory, keypair: KeyPair) -> None:
+def test_header_validates_against_committed_schema(
+    make_update: UpdateFactory, keypair: KeyPair
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0], compression="int8")
     header, payload = _split_frame(data)
-    doc = {"magic": "EVU", "format_version": 1, "node_id": NODE, "header": header, "payload": "AA==", "signature": "A" * 86 + "=="}
-    schema = json.loads((Path(__file__).resolve().parents[3] / "schemas/jsonschema/model_update.v1.schema.json").read_text())
+    doc = {
+        "magic": "EVU",
+        "format_version": 1,
+        "node_id": NODE,
+        "header": header,
+        "payload": "AA==",
+        "signature": "A" * 86 + "==",
+    }
+    schema = json.loads(
+        (
+            Path(__file__).resolve().parents[3] / "schemas/jsonschema/model_update.v1.schema.json"
+        ).read_text()
+    )
     jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
     assert schema == json_schema()
 
@@ -150,14 +238,24 @@ def test_header_validates_against_committed_schema(make_update: UpdateFactory, k
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_encode_refuses_non_finite(bad: float, make_update: UpdateFactory, keypair: KeyPair) -> None:
+def test_encode_refuses_non_finite(
+    bad: float, make_update: UpdateFactory, keypair: KeyPair
+) -> None:
     with pytest.raises(ValueError, match="NaN or Inf"):
-        encode_update(make_update(delta={"w": np.array([1.0, bad], np.float32)}), private_key=keypair[0])
+        encode_update(
+            make_update(delta={"w": np.array([1.0, bad], np.float32)}), private_key=keypair[0]
+        )
 
 
-def test_encode_refuses_float16_overflow_and_int_dtypes(make_update: UpdateFactory, keypair: KeyPair) -> None:
+def test_encode_refuses_float16_overflow_and_int_dtypes(
+    make_update: UpdateFactory, keypair: KeyPair
+) -> None:
     with pytest.raises(ValueError, match="overflows float16"):
-        encode_update(make_update(delta={"w": np.array([1e5], np.float32)}), private_key=keypair[0], compression="float16")
+        encode_update(
+            make_update(delta={"w": np.array([1e5], np.float32)}),
+            private_key=keypair[0],
+            compression="float16",
+        )
     with pytest.raises(ValueError, match="floating point"):
         encode_update(make_update(delta={"w": np.array([1, 2])}), private_key=keypair[0])
     with pytest.raises(ValueError, match="level"):
@@ -167,7 +265,9 @@ def test_encode_refuses_float16_overflow_and_int_dtypes(make_update: UpdateFacto
 # --------------------------------------------------------------------------- strict decoding
 
 
-def test_every_tampered_byte_is_rejected(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_every_tampered_byte_is_rejected(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     # Prepare
     data = encode_update(make_update(), private_key=keypair[0], compression="int8")
     decode_update(data, keys=registry)  # the untouched frame is fine
@@ -185,21 +285,27 @@ def test_every_tampered_byte_is_rejected(make_update: UpdateFactory, keypair: Ke
 
 
 @pytest.mark.parametrize("cut", [0, 1, 3, 4, 5, 10, 40, -65, -64, -1])
-def test_truncated_input(cut: int, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_truncated_input(
+    cut: int, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0])
     with pytest.raises(TruncatedError) as info:
         decode_update(data[:cut], keys=registry)
     assert info.value.reason == "truncated"
 
 
-def test_trailing_bytes(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_trailing_bytes(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0])
     with pytest.raises(TruncatedError) as info:
         decode_update(data + b"\0", keys=registry)
     assert info.value.reason == "trailing_bytes"
 
 
-def test_oversize_rejected_before_anything_else(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_oversize_rejected_before_anything_else(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0])
     with pytest.raises(TooLargeError) as info:
         decode_update(data, keys=registry, max_bytes=len(data) - 1)
@@ -209,7 +315,9 @@ def test_oversize_rejected_before_anything_else(make_update: UpdateFactory, keyp
     decode_update(data, keys=registry, max_bytes=len(data))
 
 
-def test_bad_magic_and_version(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_bad_magic_and_version(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0])
     with pytest.raises(BadMagicError):
         decode_update(b"PK\x03\x04" + data[4:], keys=registry)
@@ -245,9 +353,19 @@ def _resign(header: dict[str, object], payload: bytes, keypair: KeyPair) -> byte
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("compression", ["float32", "float16"])
-def test_signed_non_finite_payload_rejected(bad: float, compression: str, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_signed_non_finite_payload_rejected(
+    bad: float,
+    compression: str,
+    make_update: UpdateFactory,
+    keypair: KeyPair,
+    registry: KeyRegistry,
+) -> None:
     # Prepare: a correctly signed frame whose payload holds NaN/Inf (a buggy or hostile node)
-    data = encode_update(make_update(delta={"w": np.array([1.0, 2.0], np.float32)}), private_key=keypair[0], compression=compression)
+    data = encode_update(
+        make_update(delta={"w": np.array([1.0, 2.0], np.float32)}),
+        private_key=keypair[0],
+        compression=compression,
+    )
     header, _ = _split_frame(data)
     raw = np.array([1.0, bad], "<f4" if compression == "float32" else "<f2").tobytes()
     frame = _resign(header, zstandard.ZstdCompressor().compress(raw), keypair)
@@ -258,15 +376,23 @@ def test_signed_non_finite_payload_rejected(bad: float, compression: str, make_u
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), 1e300])
-def test_signed_non_finite_int8_scale_rejected(scale: float, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
-    data = encode_update(make_update(delta={"w": np.array([1.0, 2.0], np.float32)}), private_key=keypair[0], compression="int8")
+def test_signed_non_finite_int8_scale_rejected(
+    scale: float, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
+    data = encode_update(
+        make_update(delta={"w": np.array([1.0, 2.0], np.float32)}),
+        private_key=keypair[0],
+        compression="int8",
+    )
     header, payload = _split_frame(data)
     header["tensors"][0]["scale"] = scale  # type: ignore[index]
     with pytest.raises(NonFiniteError):
         decode_update(_resign(header, payload, keypair), keys=registry)
 
 
-def test_wrong_shapes_names_and_dtype(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_wrong_shapes_names_and_dtype(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     # Prepare
     data = encode_update(make_update(), private_key=keypair[0])
     expected = expected_of(small_delta())
@@ -285,9 +411,15 @@ def test_wrong_shapes_names_and_dtype(make_update: UpdateFactory, keypair: KeyPa
     assert info.value.reason == "dtype_mismatch"
 
 
-def test_decompression_bomb_rejected(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_decompression_bomb_rejected(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     # Prepare: header claims 8 bytes, payload inflates to 64 MiB (with and without content size)
-    data = encode_update(make_update(delta={"w": np.zeros(2, np.float32)}), private_key=keypair[0], compression="float32")
+    data = encode_update(
+        make_update(delta={"w": np.zeros(2, np.float32)}),
+        private_key=keypair[0],
+        compression="float32",
+    )
     header, _ = _split_frame(data)
     for ctx in (zstandard.ZstdCompressor(), zstandard.ZstdCompressor(write_content_size=False)):
         bomb = ctx.compress(bytes(64 * 2**20))
@@ -298,8 +430,14 @@ def test_decompression_bomb_rejected(make_update: UpdateFactory, keypair: KeyPai
         assert info.value.reason == "bad_payload"
 
 
-def test_declared_size_over_limit(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
-    data = encode_update(make_update(delta={"w": np.zeros(1000, np.float32)}), private_key=keypair[0], compression="float32")
+def test_declared_size_over_limit(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
+    data = encode_update(
+        make_update(delta={"w": np.zeros(1000, np.float32)}),
+        private_key=keypair[0],
+        compression="float32",
+    )
     with pytest.raises(TooLargeError):
         decode_update(data, keys=registry, max_decoded_bytes=3999)
 
@@ -318,7 +456,9 @@ def test_declared_size_over_limit(make_update: UpdateFactory, keypair: KeyPair, 
         lambda h: h.update(extra=1),
     ],
 )
-def test_signed_malformed_header_rejected(mutate: object, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_signed_malformed_header_rejected(
+    mutate: object, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0])
     header, payload = _split_frame(data)
     mutate(header)  # type: ignore[operator]
@@ -333,7 +473,9 @@ def test_signed_non_json_header(keypair: KeyPair, registry: KeyRegistry) -> None
         decode_update(frame, keys=registry)
 
 
-def test_signed_future_schema_version(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_signed_future_schema_version(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     header, payload = _split_frame(encode_update(make_update(), private_key=keypair[0]))
     header["schema_version"] = 2
     with pytest.raises(UnsupportedVersionError):
@@ -345,7 +487,9 @@ def test_peek_node_id(make_update: UpdateFactory, keypair: KeyPair) -> None:
     assert peek_node_id(b"EVU\x01") is None
 
 
-def test_decode_accepts_bytearray_and_memoryview(make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry) -> None:
+def test_decode_accepts_bytearray_and_memoryview(
+    make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
     data = encode_update(make_update(), private_key=keypair[0])
     assert decode_update(bytearray(data), keys=registry).round == 3
     assert decode_update(memoryview(data), keys=registry).round == 3

@@ -7,10 +7,19 @@ import importlib
 
 import pytest
 
-MODULES = ["pipeline.codec.codec", "pipeline.codec.compression", "pipeline.codec.signing", "pipeline.codec.admission", "pipeline.codec.exceptions", "schemas.update"]
+MODULES = [
+    "pipeline.codec.codec",
+    "pipeline.codec.compression",
+    "pipeline.codec.signing",
+    "pipeline.codec.admission",
+    "pipeline.codec.exceptions",
+    "schemas.update",
+]
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_examples(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(
+        importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE
+    )
     assert result.failed == 0

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.codec import KeyRegistry, SignatureError, UnknownNodeError, generate_keypair, public_key_of, sign, verify
+from pipeline.codec import (
+    KeyRegistry,
+    SignatureError,
+    UnknownNodeError,
+    generate_keypair,
+    public_key_of,
+    sign,
+    verify,
+)
 
 
 def test_sign_verify_and_tamper() -> None:

@@ -9,12 +9,18 @@ import numpy as np
 from pipeline.strategies import ClientResult
 
 
-def results(*deltas: Sequence[float], examples: Sequence[int] | None = None, staleness: Sequence[int] | None = None) -> list[ClientResult]:
+def results(
+    *deltas: Sequence[float],
+    examples: Sequence[int] | None = None,
+    staleness: Sequence[int] | None = None,
+) -> list[ClientResult]:
     """One ClientResult per delta, a single tensor "w"."""
     ns = examples or [1] * len(deltas)
     taus = staleness or [0] * len(deltas)
     return [
-        ClientResult(node_id=f"n{i}", delta={"w": np.array(d, np.float32)}, num_examples=n, staleness=t)
+        ClientResult(
+            node_id=f"n{i}", delta={"w": np.array(d, np.float32)}, num_examples=n, staleness=t
+        )
         for i, (d, n, t) in enumerate(zip(deltas, ns, taus, strict=True))
     ]
 

@@ -51,10 +51,20 @@ def test_accountant_tracks_rounds_and_epsilon_grows() -> None:
 
 
 def test_inner_server_optimizer_and_state_round_trip() -> None:
-    a = ClientDP(noise_multiplier=0.0, clip_norm=10.0, sample_rate=0.5, inner=FedAdam(server_lr=1.0, beta1=0.0, beta2=0.0, tau=1.0))
+    a = ClientDP(
+        noise_multiplier=0.0,
+        clip_norm=10.0,
+        sample_rate=0.5,
+        inner=FedAdam(server_lr=1.0, beta1=0.0, beta2=0.0, tau=1.0),
+    )
     assert a.name == "dp_fedadam"
     np.testing.assert_allclose(a.aggregate(zeros(1), results([1.0]))["w"], [0.5])
-    b = ClientDP(noise_multiplier=0.0, clip_norm=10.0, sample_rate=0.5, inner=FedAdam(server_lr=1.0, beta1=0.0, beta2=0.0, tau=1.0))
+    b = ClientDP(
+        noise_multiplier=0.0,
+        clip_norm=10.0,
+        sample_rate=0.5,
+        inner=FedAdam(server_lr=1.0, beta1=0.0, beta2=0.0, tau=1.0),
+    )
     b.load_state_dict(a.state_dict())
     assert b.rounds == 1 and b.epsilon() == float("inf")
 

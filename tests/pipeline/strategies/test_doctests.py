@@ -7,11 +7,26 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "aggregate", "base", "fedavg", "fedavgm", "fedadam", "median", "trimmed_mean", "krum", "fedbuff", "client_dp", "exceptions"]
+MODULES = [
+    "__init__",
+    "aggregate",
+    "base",
+    "fedavg",
+    "fedavgm",
+    "fedadam",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "fedbuff",
+    "client_dp",
+    "exceptions",
+]
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_examples(module: str) -> None:
-    mod = importlib.import_module("pipeline.strategies" if module == "__init__" else f"pipeline.strategies.{module}")
+    mod = importlib.import_module(
+        "pipeline.strategies" if module == "__init__" else f"pipeline.strategies.{module}"
+    )
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

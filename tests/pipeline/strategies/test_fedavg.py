@@ -31,8 +31,16 @@ def test_server_lr_scales_the_step() -> None:
 def test_multiple_tensors() -> None:
     g = {"a": np.zeros((2, 2), np.float32), "b": np.ones(1, np.float32)}
     rs = [
-        ClientResult(node_id="x", delta={"a": np.eye(2, dtype=np.float32), "b": np.array([2.0], np.float32)}, num_examples=1),
-        ClientResult(node_id="y", delta={"a": np.zeros((2, 2), np.float32), "b": np.array([0.0], np.float32)}, num_examples=1),
+        ClientResult(
+            node_id="x",
+            delta={"a": np.eye(2, dtype=np.float32), "b": np.array([2.0], np.float32)},
+            num_examples=1,
+        ),
+        ClientResult(
+            node_id="y",
+            delta={"a": np.zeros((2, 2), np.float32), "b": np.array([0.0], np.float32)},
+            num_examples=1,
+        ),
     ]
     out = FedAvg().aggregate(g, rs)
     np.testing.assert_allclose(out["a"], [[0.5, 0.0], [0.0, 0.5]])
@@ -77,7 +85,9 @@ def test_running_fedavg_memory_is_constant() -> None:
     # Assert: state is one float64 array per tensor no matter how many were added
     state = avg.state_dict()
     assert avg.count == 200 and list(state["sum"]) == ["w"] and state["sum"]["w"].shape == (50,)
-    want = sum((i % 5 + 1) * d.astype(np.float64) for i, d in enumerate(deltas)) / sum(i % 5 + 1 for i in range(200))
+    want = sum((i % 5 + 1) * d.astype(np.float64) for i, d in enumerate(deltas)) / sum(
+        i % 5 + 1 for i in range(200)
+    )
     np.testing.assert_allclose(avg.result()["w"], want, rtol=1e-5, atol=1e-6)
 
 
@@ -106,10 +116,19 @@ vec = hnp.arrays(np.float32, st.integers(1, 6), elements=st.floats(-1e3, 1e3, wi
 
 
 @settings(max_examples=50, deadline=None)
-@given(delta=vec, copies=st.integers(1, 6), examples=st.lists(st.integers(1, 1000), min_size=6, max_size=6))
-def test_fedavg_of_identical_updates_is_that_update(delta: np.ndarray, copies: int, examples: list[int]) -> None:
+@given(
+    delta=vec,
+    copies=st.integers(1, 6),
+    examples=st.lists(st.integers(1, 1000), min_size=6, max_size=6),
+)
+def test_fedavg_of_identical_updates_is_that_update(
+    delta: np.ndarray, copies: int, examples: list[int]
+) -> None:
     g = {"w": np.zeros_like(delta)}
-    rs = [ClientResult(node_id=str(i), delta={"w": delta}, num_examples=examples[i]) for i in range(copies)]
+    rs = [
+        ClientResult(node_id=str(i), delta={"w": delta}, num_examples=examples[i])
+        for i in range(copies)
+    ]
     out = FedAvg().aggregate(g, rs)
     np.testing.assert_allclose(out["w"], delta, rtol=1e-6, atol=1e-6)
 
@@ -117,7 +136,14 @@ def test_fedavg_of_identical_updates_is_that_update(delta: np.ndarray, copies: i
 @settings(max_examples=50, deadline=None)
 @given(a=vec, perm_seed=st.integers(0, 2**16))
 def test_fedavg_is_order_independent(a: np.ndarray, perm_seed: int) -> None:
-    rs = [ClientResult(node_id=str(i), delta={"w": a * (i + 1)}, num_examples=i + 1) for i in range(4)]
+    rs = [
+        ClientResult(node_id=str(i), delta={"w": a * (i + 1)}, num_examples=i + 1) for i in range(4)
+    ]
     order = np.random.default_rng(perm_seed).permutation(4)
     g = {"w": np.zeros_like(a)}
-    np.testing.assert_allclose(FedAvg().aggregate(g, rs)["w"], FedAvg().aggregate(g, [rs[i] for i in order])["w"], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        FedAvg().aggregate(g, rs)["w"],
+        FedAvg().aggregate(g, [rs[i] for i in order])["w"],
+        rtol=1e-5,
+        atol=1e-3,
+    )

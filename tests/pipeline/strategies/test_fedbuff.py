@@ -41,7 +41,9 @@ def test_fedbuff_multiple_steps_in_one_call_and_leftover() -> None:
 
 def test_fedbuff_ignores_num_examples() -> None:
     s = FedBuff(buffer_size=2)
-    np.testing.assert_allclose(s.aggregate(zeros(1), results([2.0], [4.0], examples=[1, 1000]))["w"], [3.0])
+    np.testing.assert_allclose(
+        s.aggregate(zeros(1), results([2.0], [4.0], examples=[1, 1000]))["w"], [3.0]
+    )
 
 
 def test_fedbuff_state_survives_restart() -> None:

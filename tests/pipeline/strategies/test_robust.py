@@ -12,12 +12,18 @@ from tests.pipeline.strategies.conftest import results, zeros
 
 def test_median_hand_case_odd_and_even() -> None:
     median = make_strategy("median")
-    np.testing.assert_allclose(median.aggregate(zeros(2), results([1.0, 9.0], [2.0, -1.0], [100.0, 0.0]))["w"], [2.0, 0.0])
-    np.testing.assert_allclose(median.aggregate(zeros(1), results([1.0], [2.0], [4.0], [100.0]))["w"], [3.0])
+    np.testing.assert_allclose(
+        median.aggregate(zeros(2), results([1.0, 9.0], [2.0, -1.0], [100.0, 0.0]))["w"], [2.0, 0.0]
+    )
+    np.testing.assert_allclose(
+        median.aggregate(zeros(1), results([1.0], [2.0], [4.0], [100.0]))["w"], [3.0]
+    )
 
 
 def test_median_ignores_num_examples() -> None:
-    out = make_strategy("median").aggregate(zeros(1), results([1.0], [2.0], [50.0], examples=[1, 1, 10_000]))
+    out = make_strategy("median").aggregate(
+        zeros(1), results([1.0], [2.0], [50.0], examples=[1, 1, 10_000])
+    )
     np.testing.assert_allclose(out["w"], [2.0])
 
 
@@ -54,7 +60,9 @@ def test_multi_krum_strategy_hand_case() -> None:
     # Prepare: f=1, n=5 (> 2f+2), m defaults to n - f = 4; the 99 is dropped
     s = make_strategy("krum", num_byzantine=1)
     # Execute
-    out = s.aggregate(zeros(2), results([0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 4.0], [99.0, 99.0]))
+    out = s.aggregate(
+        zeros(2), results([0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 4.0], [99.0, 99.0])
+    )
     # Assert
     np.testing.assert_allclose(out["w"], [1.0, 1.0])
     assert sorted(s.last_selected) == ["n0", "n1", "n2", "n3"]  # type: ignore[attr-defined]
@@ -62,7 +70,9 @@ def test_multi_krum_strategy_hand_case() -> None:
 
 def test_multi_krum_needs_enough_results() -> None:
     with pytest.raises(NotEnoughResultsError) as info:
-        make_strategy("krum", num_byzantine=1).aggregate(zeros(1), results([1.0], [2.0], [3.0], [4.0]))
+        make_strategy("krum", num_byzantine=1).aggregate(
+            zeros(1), results([1.0], [2.0], [3.0], [4.0])
+        )
     assert info.value.needed == 5
     assert make_strategy("krum").aggregate(zeros(1), [])["w"].tolist() == [0.0]
 
@@ -74,7 +84,10 @@ def _poisoned_round(seed: int = 0) -> tuple[list[ClientResult], np.ndarray]:
     reference = np.mean(honest, axis=0)  # what the round should produce without the attack
     deltas = list(honest)
     deltas[3] = honest[3] * 100.0  # one of ten poisoned
-    rs = [ClientResult(node_id=f"n{i}", delta={"w": d.astype(np.float32)}, num_examples=100) for i, d in enumerate(deltas)]
+    rs = [
+        ClientResult(node_id=f"n{i}", delta={"w": d.astype(np.float32)}, num_examples=100)
+        for i, d in enumerate(deltas)
+    ]
     return rs, reference
 
 

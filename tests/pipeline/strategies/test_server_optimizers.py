@@ -26,7 +26,9 @@ def test_fedavgm_two_rounds_by_hand() -> None:
 
 def test_fedavgm_zero_momentum_is_fedavg() -> None:
     s = FedAvgM(momentum=0.0)
-    np.testing.assert_allclose(s.aggregate(zeros(2), results([1.0, 3.0], [3.0, 5.0], examples=[3, 1]))["w"], [1.5, 3.5])
+    np.testing.assert_allclose(
+        s.aggregate(zeros(2), results([1.0, 3.0], [3.0, 5.0], examples=[3, 1]))["w"], [1.5, 3.5]
+    )
 
 
 def test_fedavgm_empty_round_keeps_velocity() -> None:
@@ -41,7 +43,9 @@ def test_fedavgm_state_round_trip() -> None:
     a, b = FedAvgM(momentum=0.5), FedAvgM(momentum=0.5)
     w = a.aggregate(zeros(1), results([2.0]))
     b.load_state_dict(a.state_dict())
-    np.testing.assert_allclose(a.aggregate(w, results([1.0]))["w"], b.aggregate(w, results([1.0]))["w"])
+    np.testing.assert_allclose(
+        a.aggregate(w, results([1.0]))["w"], b.aggregate(w, results([1.0]))["w"]
+    )
     with pytest.raises(ValueError):
         b.load_state_dict({"name": "fedadam", "velocity": None})
 
@@ -64,7 +68,9 @@ def test_fedadam_first_two_steps_by_hand() -> None:
 
 def test_fedadam_is_per_coordinate() -> None:
     s = FedAdam(server_lr=1.0, beta1=0.0, beta2=0.0, tau=1.0)
-    np.testing.assert_allclose(s.aggregate(zeros(3), results([0.0, 1.0, -3.0]))["w"], [0.0, 0.5, -0.75])
+    np.testing.assert_allclose(
+        s.aggregate(zeros(3), results([0.0, 1.0, -3.0]))["w"], [0.0, 0.5, -0.75]
+    )
 
 
 def test_fedadam_state_round_trip_and_validation() -> None:
@@ -72,7 +78,9 @@ def test_fedadam_state_round_trip_and_validation() -> None:
     w = a.aggregate(zeros(2), results([1.0, -1.0]))
     b = FedAdam(server_lr=0.1)
     b.load_state_dict(a.state_dict())  # type: ignore[attr-defined]
-    np.testing.assert_allclose(a.aggregate(w, results([1.0, 2.0]))["w"], b.aggregate(w, results([1.0, 2.0]))["w"])
+    np.testing.assert_allclose(
+        a.aggregate(w, results([1.0, 2.0]))["w"], b.aggregate(w, results([1.0, 2.0]))["w"]
+    )
     with pytest.raises(ValueError):
         FedAdam(tau=0.0)
     with pytest.raises(ValueError):
