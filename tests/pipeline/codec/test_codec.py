@@ -500,3 +500,13 @@ def test_decode_accepts_bytearray_and_memoryview(
 def test_errors_carry_reason_and_are_codec_errors() -> None:
     err = SignatureError("unknown_node", "x")
     assert isinstance(err, CodecError) and err.reason == "unknown_node" and "x" in str(err)
+
+
+@pytest.mark.parametrize("level", [-7, -1, 1, 19])
+def test_zstd_levels_round_trip(
+    level: int, make_update: UpdateFactory, keypair: KeyPair, registry: KeyRegistry
+) -> None:
+    update = make_update()
+    data = encode_update(update, private_key=keypair[0], compression="float32", level=level)
+    back = decode_update(data, keys=registry)
+    np.testing.assert_array_equal(back.delta["fc.weight"], update.delta["fc.weight"])
