@@ -36,7 +36,9 @@ __all__ = [
     "TensorCompression",
     "TensorSpec",
     "UpdateHeader",
+    "NAME_PATTERN",
     "json_schema",
+    "valid_name",
     "write_json_schemas",
 ]
 
@@ -47,7 +49,20 @@ Accountant = Literal["prv", "rdp"]
 TensorCompression = Literal["float32", "float16", "int8"]
 
 _NAME_RE = r"^[A-Za-z0-9_.:/-]{1,128}$"
+NAME_PATTERN = _NAME_RE
+"""Regular expression every node id, task and tensor name matches."""
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+
+
+def valid_name(value: object) -> bool:
+    """True if ``value`` is a valid node id, task or tensor name (``NAME_PATTERN``).
+
+    Examples
+    --------
+    >>> valid_name("fc1.weight"), valid_name("a b"), valid_name("")
+    (True, False, False)
+    """
+    return isinstance(value, str) and _NAME_PATTERN.fullmatch(value) is not None
 
 
 def _meta(description: str, **constraints: Any) -> dict[str, Any]:
@@ -174,6 +189,11 @@ class ModelUpdate:
                 raise ValueError(f"ModelUpdate.{name} must be an int >= 0, got {value!r}")
         if not isinstance(self.privacy, PrivacyStamp):
             raise ValueError("ModelUpdate.privacy must be a PrivacyStamp")
+        created = self.created_at
+        if not isinstance(created, (int, float)) or not math.isfinite(created) or created < 0:
+            raise ValueError(
+                f"ModelUpdate.created_at must be finite unix seconds >= 0, got {created!r}"
+            )
 
 
 @dataclass(frozen=True)

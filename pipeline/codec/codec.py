@@ -44,7 +44,7 @@ from pipeline.codec.exceptions import (
     UnsupportedVersionError,
 )
 from pipeline.codec.signing import SIGNATURE_SIZE, KeyRegistry, sign
-from schemas.update import SCHEMA_VERSION, ModelUpdate, PrivacyStamp
+from schemas.update import NAME_PATTERN, SCHEMA_VERSION, ModelUpdate, PrivacyStamp, valid_name
 
 __all__ = [
     "FORMAT_VERSION",
@@ -162,8 +162,8 @@ def encode_update(
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in update.delta.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"tensor names must be non-empty str, got {name!r}")
+        if not valid_name(name):
+            raise ValueError(f"tensor name {name!r} does not match {NAME_PATTERN}")
         arr = np.asarray(array)
         try:
             raw, scale = quantize(arr, comp)
@@ -343,10 +343,8 @@ def _check_header(doc: object, node_id: str) -> dict[str, Any]:
         if not isinstance(spec, dict) or set(spec) != _TENSOR_KEYS:
             raise HeaderError("bad_header", "tensor spec keys differ from the schema")
         name, shape, comp, scale = spec["name"], spec["shape"], spec["compression"], spec["scale"]
-        if not isinstance(name, str) or not name or name in seen:
-            raise HeaderError(
-                "bad_header", f"tensor name {name!r} is empty, not a str, or repeated"
-            )
+        if not valid_name(name) or name in seen:
+            raise HeaderError("bad_header", f"tensor name {name!r} is invalid or repeated")
         seen.add(name)
         if (
             not isinstance(shape, list)

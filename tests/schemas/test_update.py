@@ -26,7 +26,9 @@ def test_committed_schema_files_equal_generated(tmp_path: Path) -> None:
     # Prepare / Execute
     written = write_json_schemas(tmp_path)
     # Assert
-    assert [p.name for p in written] == sorted(p.name for p in COMMITTED.glob("model_update.*.json"))
+    assert [p.name for p in written] == sorted(
+        p.name for p in COMMITTED.glob("model_update.*.json")
+    )
     for path in written:
         assert (COMMITTED / path.name).read_text() == path.read_text(), (
             "run: python -m schemas.generate"
@@ -63,7 +65,15 @@ def test_privacy_stamp_rejects_bad_values(kw: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize(
-    "kw", [{"node_id": ""}, {"node_id": "a b"}, {"round": -1}, {"num_examples": 1.5}]
+    "kw",
+    [
+        {"node_id": ""},
+        {"node_id": "a b"},
+        {"round": -1},
+        {"num_examples": 1.5},
+        {"created_at": -1.0},
+        {"created_at": float("nan")},
+    ],
 )
 def test_model_update_rejects_bad_header_fields(kw: dict[str, object]) -> None:
     args: dict[str, object] = dict(

@@ -454,6 +454,8 @@ def test_declared_size_over_limit(
         lambda h: h["tensors"].append(dict(h["tensors"][0])),
         lambda h: h["privacy"].update(accountant="gdp"),
         lambda h: h.update(extra=1),
+        lambda h: h.update(created_at=-1.0),
+        lambda h: h["tensors"][0].update(name="a b"),
     ],
 )
 def test_signed_malformed_header_rejected(
@@ -510,3 +512,8 @@ def test_zstd_levels_round_trip(
     data = encode_update(update, private_key=keypair[0], compression="float32", level=level)
     back = decode_update(data, keys=registry)
     np.testing.assert_array_equal(back.delta["fc.weight"], update.delta["fc.weight"])
+
+
+def test_encode_refuses_bad_tensor_names(make_update: UpdateFactory, keypair: KeyPair) -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        encode_update(make_update(delta={"a b": np.zeros(1, np.float32)}), private_key=keypair[0])
