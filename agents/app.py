@@ -10,6 +10,8 @@ The agent modules (``agents/echo.py`` …) register their agents on this app whe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
@@ -40,18 +42,37 @@ def _credentials(s: Settings) -> SASLCredentials | SSLCredentials | None:
     return None
 
 
-app = faust.App(
-    settings.app_id,
-    broker=settings.faust_broker,
-    broker_credentials=_credentials(settings),
-    store="memory://",
-    autodiscover=["agents.echo"],
-    origin="agents",
-    topic_partitions=settings.topic_partitions,
-    topic_replication_factor=settings.replication_factor,
-    producer_max_request_size=settings.max_message_bytes,
-    consumer_max_fetch_size=settings.max_message_bytes,
-    consumer_auto_offset_reset="earliest",
-    web_enabled=False,
-    datadir=settings.data_dir,
-)
+def make_app(role: str, *, autodiscover: list[str] | None = None, s: Settings | None = None) -> faust.App:
+    """A faust App for one worker role (``echo``, ``aggregator``, ``edge``).
+
+    The app id (consumer group, changelog-topic prefix) is ``<EDGEVEIL_APP_ID>-<role>`` unless
+    ``EDGEVEIL_APP_ID`` already ends with the role, so several edge workers can each get their own
+    group (every edge must see every global model).
+    """
+    s = s or settings
+    app_id = s.app_id if s.app_id.endswith(role) else f"{s.app_id}-{role}"
+    Path(s.data_dir, app_id).mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id,
+        broker=s.faust_broker,
+        broker_credentials=_credentials(s),
+        store="memory://",  # tables recover from their changelog topics on restart
+        autodiscover=autodiscover or False,
+        origin="agents",
+        topic_partitions=s.topic_partitions,
+        topic_replication_factor=s.replication_factor,
+        producer_max_request_size=s.max_message_bytes,
+        producer_acks=-1,
+        consumer_max_fetch_size=s.max_message_bytes,
+        consumer_auto_offset_reset="earliest",
+        # a crashed worker's partitions move to its replacement within ~10 s (Kafka's default
+        # session is 45 s); heartbeats every 3 s keep a live worker in the group
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        web_enabled=False,
+        datadir=f"{s.data_dir}/{app_id}",
+    )
+
+
+#: the foundation's echo app: ``faust -A agents.app worker``
+app = make_app("echo", autodiscover=["agents.echo"])

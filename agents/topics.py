@@ -24,6 +24,25 @@ ECHO_OUT = TopicSpec("edgeveil.echo.out")
 
 FOUNDATION_TOPICS = (ECHO_IN, ECHO_OUT)
 
+_DAY_MS = 24 * 3600 * 1000
+
+#: signed, noised updates; key = node id
+UPDATES = TopicSpec("edgeveil.updates", 4, {"retention.ms": str(7 * _DAY_MS)})
+#: global models; key = task; compacted so a new edge finds the latest model of every task
+MODELS = TopicSpec("edgeveil.models", 1, {
+    "cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000),
+})
+#: anonymized per-interval counts and forecasts; key = node id
+ANALYTICS = TopicSpec("edgeveil.analytics", 4, {"retention.ms": str(30 * _DAY_MS)})
+#: heartbeats; key = node id
+TELEMETRY = TopicSpec("edgeveil.telemetry", 1, {"retention.ms": str(1 * _DAY_MS)})
+#: rejected messages, untouched, with the reason in headers
+DLQ = TopicSpec("edgeveil.dlq", 1, {"retention.ms": str(30 * _DAY_MS)})
+#: optional, rate-limited anonymized JPEG previews (never raw frames)
+FRAMES_ANONYMIZED = TopicSpec("edgeveil.frames.anonymized", 1, {"retention.ms": str(3600 * 1000)})
+
+FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED)
+
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] | list[TopicSpec]) -> list[str]:
     """Create the topics in ``specs`` that do not exist yet; return the names created.

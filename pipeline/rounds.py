@@ -136,6 +136,9 @@ class RoundCoordinator:
         self.version = 0
         self.opened_at: float | None = None
         self.buffer: dict[str, str] = {}  # update key -> sha256 of its bytes
+        # digests of updates already aggregated, so a late redelivery is a silent duplicate
+        self.recent: dict[str, str] = {}
+        self.recent_limit = 4096
         self.admission = UpdateAdmission(max_staleness=policy.staleness_limit)
 
     # ------------------------------------------------------------------ admission
@@ -157,8 +160,9 @@ class RoundCoordinator:
             raise CodecError("wrong_task", f"update is for task {update.task!r}, aggregator runs {self.task!r}")
         key = update_key(update.task, update.node_id, update.round)
         digest = hashlib.sha256(data).hexdigest()
-        if key in self.buffer:
-            if self.buffer[key] == digest:
+        known = self.buffer.get(key) or self.recent.get(key)
+        if known is not None:
+            if known == digest:
                 return Offer(key, update, self.version - update.base_version, duplicate=True)
             raise ReplayError("replay", f"node {update.node_id!r} round {update.round} already admitted with other bytes")
         staleness = self.admission.admit(update, current_version=self.version)
@@ -196,6 +200,8 @@ class RoundCoordinator:
         sizes: dict[str, int] = {}
         delta = 0.0
         total = 0
+        metric_sums: dict[str, float] = {}
+        metric_weights: dict[str, int] = {}
         for key in sorted(self.buffer):
             data = stored.get(key)
             if data is None:
@@ -209,6 +215,9 @@ class RoundCoordinator:
             delta = max(delta, u.privacy.delta)
             sizes[u.node_id] = len(data)
             total += u.num_examples
+            for name, value in u.metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * u.num_examples
+                metric_weights[name] = metric_weights.get(name, 0) + u.num_examples
         new = self.strategy.aggregate(global_weights, results)
         for name, arr in new.items():
             if not np.isfinite(arr).all():
@@ -217,11 +226,17 @@ class RoundCoordinator:
             version=self.version + 1, weights=new,
             participants=tuple(r.node_id for r in results), num_examples=total,
             epsilon_by_node=eps, delta=delta, update_bytes=sizes,
+            # the nodes' own reported metrics, example-weighted (the aggregator holds no data)
+            metrics={k: metric_sums[k] / metric_weights[k] for k in sorted(metric_sums)
+                     if metric_weights[k] > 0},
         )
 
     def commit(self, outcome: RoundOutcome) -> list[str]:
         """Advance to ``outcome.version``; returns the buffer keys the caller may now delete."""
         done = sorted(self.buffer)
+        self.recent.update(self.buffer)
+        while len(self.recent) > self.recent_limit:
+            del self.recent[next(iter(self.recent))]
         self.version = outcome.version
         self.buffer = {}
         self.opened_at = None
@@ -235,7 +250,7 @@ class RoundCoordinator:
             strategy_state = _jsonable(self.strategy.state_dict())
         return {
             "kind": _STATE_KIND, "task": self.task, "version": self.version,
-            "opened_at": self.opened_at, "buffer": dict(self.buffer),
+            "opened_at": self.opened_at, "buffer": dict(self.buffer), "recent": dict(self.recent),
             "admission": self.admission.state_dict(), "strategy": strategy_state,
         }
 
@@ -248,6 +263,7 @@ class RoundCoordinator:
         self.version = int(state["version"])
         self.opened_at = state["opened_at"]
         self.buffer = dict(state["buffer"])
+        self.recent = dict(state.get("recent", {}))
         self.admission.load_state_dict(state["admission"])
         if state.get("strategy") is not None and hasattr(self.strategy, "load_state_dict"):
             self.strategy.load_state_dict(_from_jsonable(state["strategy"]))

@@ -56,6 +56,9 @@ def test_sync_round_closes_at_quorum_with_weighted_average(nodes) -> None:
     assert out.version == 1 and out.participants == ("n0", "n1") and out.num_examples == 40
     assert sorted(c.commit(out)) == sorted(stored)
     assert c.version == 1 and not c.buffer
+    # a redelivery after the round closed is a silent duplicate, not a replay
+    assert c.offer(_update(nodes, "n0", value=1.0, n=10), now=2.0).duplicate
+    assert not c.buffer
 
 
 def test_duplicate_is_dropped_and_conflicting_replay_rejected(nodes) -> None:

@@ -1,0 +1,240 @@
+"""The aggregator worker: ``faust -A agents.aggregator worker`` (or ``edgeveil aggregator``).
+
+Consumes ``edgeveil.updates``, verifies and admits each update with
+:class:`pipeline.rounds.RoundCoordinator`, keeps the round in changelog-backed tables (so a
+restarted worker resumes the round), aggregates with the configured strategy, and publishes each
+new global model (weights + ONNX, signed) to ``edgeveil.models``. Everything it rejects goes to
+``edgeveil.dlq`` untouched, with the reason in the headers; the agent keeps running.
+
+Configuration: the run directory in ``EDGEVEIL_RUN_DIR`` (:mod:`agents.federation`) and the
+broker settings of :mod:`agents.settings`. Run ONE aggregator worker per task: round state is a
+single table key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from agents import federation
+from agents.app import make_app
+from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
+from pipeline.codec import CodecError
+from pipeline.global_model import encode_global_model
+from pipeline.rounds import RoundCoordinator, RoundOutcome, RoundPolicy
+from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
+
+log = logging.getLogger(__name__)
+
+app = make_app("aggregator")
+
+updates_topic = app.topic(UPDATES.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw", partitions=UPDATES.partitions)
+models_topic = app.topic(MODELS.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=MODELS.partitions)
+dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw", partitions=DLQ.partitions)
+
+# use_partitioner: a key always goes to the same changelog partition, whichever input partition
+# the write came from, so recovery replays each key's writes in order.
+state_table = app.Table("aggregator-state", default=None, key_type=str,
+                        use_partitioner=True, partitions=UPDATES.partitions)
+update_table = app.Table("aggregator-updates", default=None, key_type=str, value_type=bytes,
+                         use_partitioner=True,
+                         partitions=UPDATES.partitions)
+global_table = app.Table("aggregator-global", default=None, key_type=str, value_type=bytes,
+                         use_partitioner=True,
+                         partitions=UPDATES.partitions)
+
+
+class _Runtime:
+    """Objects built once per worker from the run directory (pipeline code only)."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        from pipeline.global_model import decode_global_model
+        from pipeline.strategies import make_strategy
+
+        self.root = federation.run_dir()
+        self.cfg = federation.load_config(self.root)
+        self.private_key, self.public_key = federation.aggregator_keys(self.root)
+        self.keys = federation.registry(self.root)
+        self.initial_weights, self.export = _task_model(self.cfg)
+        expected = {k: (tuple(v.shape), "float32") for k, v in self.initial_weights.items()}
+        self.coordinator = RoundCoordinator(
+            task=self.cfg.task, keys=self.keys, expected=expected,
+            strategy=make_strategy(self.cfg.strategy, **self.cfg.strategy_kwargs),
+            policy=RoundPolicy(mode=self.cfg.mode, quorum=self.cfg.quorum,  # type: ignore[arg-type]
+                               min_quorum=self.cfg.min_quorum, deadline_s=self.cfg.deadline_s,
+                               buffer_size=self.cfg.buffer_size,
+                               max_staleness=self.cfg.max_staleness),
+        )
+        self.loaded = False
+        self.lock = asyncio.Lock()
+        self._decode = decode_global_model
+        self._np = np
+
+    def current_weights(self) -> dict[str, Any]:
+        blob = global_table.get(self.cfg.task)
+        if blob is None:
+            return dict(self.initial_weights)
+        return dict(self._decode(blob, public_key=self.public_key).weights)
+
+
+_rt: _Runtime | None = None
+
+
+def _runtime() -> _Runtime:
+    global _rt
+    if _rt is None:
+        _rt = _Runtime()
+    return _rt
+
+
+def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any]:
+    """Initial global weights (seeded) and an ONNX exporter for the task's model."""
+    import torch
+
+    from pipeline.onnx_export import export_onnx
+    from pipeline.tasks import get_task
+    from pipeline.weights import get_weights, set_weights
+
+    task = get_task(cfg.task, **cfg.task_kwargs)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    if hasattr(task, "in_features"):
+        example = torch.zeros(1, int(task.in_features))
+    else:
+        x = task.train_data(task.node_ids()[0]).tensors[0]
+        example = torch.zeros_like(x[:1], dtype=torch.float32)
+
+    def export(weights: dict[str, Any]) -> bytes:
+        set_weights(model, weights)
+        return export_onnx(model, example=example)
+
+    return get_weights(model), export
+
+
+def _ready() -> bool:
+    """Tables recovered and partitions assigned: state may be read and written."""
+    recovery = app.tables.recovery
+    return bool(recovery.completed.is_set() and not app.in_recovery
+                and app.consumer.assignment())
+
+
+async def _load_state(rt: _Runtime) -> None:
+    if rt.loaded:
+        return
+    # use_partitioner tables hash keys with the producer's metadata, which aiokafka only
+    # fetches for topics it was asked about: fetch it for the changelogs first
+    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    for table in (state_table, update_table, global_table):
+        await producer.partitions_for(table.changelog_topic.get_topic_name())
+    state = state_table.get(rt.cfg.task)
+    if state is not None:
+        rt.coordinator.load_state_dict(state)
+        log.info("resumed %s at version %d with %d buffered updates",
+                 rt.cfg.task, rt.coordinator.version, len(rt.coordinator.buffer))
+    if global_table.get(rt.cfg.task) is None:
+        await _publish(rt, version=0, weights=rt.initial_weights, outcome=None)
+    rt.loaded = True
+
+
+async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
+                   outcome: RoundOutcome | None) -> bytes:
+    header = GlobalModelHeader(
+        task=rt.cfg.task, version=version, round=version,
+        participants=list(outcome.participants) if outcome else [],
+        num_examples=outcome.num_examples if outcome else 0, strategy=rt.cfg.strategy,
+        metrics=outcome.metrics if outcome else {},
+        epsilon_by_node=outcome.epsilon_by_node if outcome else {},
+        delta=outcome.delta if outcome else rt.cfg.delta, created_at=time.time(),
+        update_bytes=outcome.update_bytes if outcome else {},
+    )
+    onnx = await asyncio.to_thread(rt.export, weights)
+    blob = encode_global_model(GlobalModel(header, weights, onnx), private_key=rt.private_key)
+    await models_topic.send(key=rt.cfg.task.encode(), value=blob)
+    global_table[rt.cfg.task] = blob
+    try:
+        (rt.root / "models" / f"v{version:04d}.evm").write_bytes(blob)
+    except OSError as exc:  # the run dir copy is a convenience; Kafka holds the truth
+        log.warning("could not keep a copy of model v%d: %s", version, exc)
+    log.info("published %s v%d (%d participants, %d bytes)", rt.cfg.task, version,
+             len(header.participants), len(blob))
+    return blob
+
+
+async def _close_round(rt: _Runtime) -> None:
+    coord = rt.coordinator
+    stored = {k: v for k in coord.buffer if (v := update_table.get(k)) is not None}
+    outcome = coord.aggregate(rt.current_weights(), stored)
+    await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome)
+    for key in coord.commit(outcome):
+        update_table.pop(key, None)
+    state_table[rt.cfg.task] = coord.state_dict()
+
+
+async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
+    msg = event.message
+    reason = getattr(err, "reason", type(err).__name__)
+    detail = getattr(err, "detail", str(err))
+    entry = DlqEntry(reason=str(reason), detail=str(detail)[:2000], source_topic=msg.topic,
+                     partition=msg.partition, offset=msg.offset, agent="aggregator")
+    await dlq_topic.send(key=msg.key, value=msg.value or b"", headers=entry.to_headers())
+    log.warning("rejected update at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+
+
+@app.agent(updates_topic)
+async def aggregate(stream):  # type: ignore[no-untyped-def]
+    """Admit each update; close the round when the policy says so."""
+    rt = _runtime()
+    async for event in stream.events():
+        while not _ready():
+            await asyncio.sleep(0.1)
+        async with rt.lock:
+            await _load_state(rt)
+            data = event.message.value
+            try:
+                offer = rt.coordinator.offer(data or b"", now=time.time())
+            except CodecError as err:
+                await _to_dlq(event, err)
+                continue
+            if offer.duplicate:
+                log.info("dropped redelivered update %s", offer.key)
+                continue
+            update_table[offer.key] = data
+            state_table[rt.cfg.task] = rt.coordinator.state_dict()
+            log.info("admitted %s (staleness %d, %d buffered)", offer.key, offer.staleness,
+                     len(rt.coordinator.buffer))
+            if rt.coordinator.due(now=time.time()) and rt.coordinator.version < rt.cfg.rounds:
+                try:
+                    await _close_round(rt)
+                except Exception:  # the timer retries; the agent keeps consuming
+                    log.exception("closing round %d failed", rt.coordinator.version + 1)
+
+
+@app.timer(interval=1.0)
+async def tick() -> None:
+    """Publish the initial model once, and close rounds whose deadline passed."""
+    if not _ready():
+        return
+    rt = _runtime()
+    async with rt.lock:
+        try:
+            await _load_state(rt)
+            if rt.coordinator.due(now=time.time()) and rt.coordinator.version < rt.cfg.rounds:
+                await _close_round(rt)
+        except Exception:  # a timer that raises would stop the worker; log and retry next tick
+            log.exception("aggregator tick failed; retrying in 1 s")
+
+
+@app.task
+async def _create_topics() -> None:
+    """Create every EdgeVeil topic with its configs (compaction, retention, size limits)."""
+    from agents.app import settings
+    from agents.topics import ensure_topics
+
+    await asyncio.to_thread(ensure_topics, settings, FEDERATION_TOPICS)
