@@ -1,0 +1,555 @@
+"""Federated rounds in one process, through the same code the Kafka agents run.
+
+:class:`EdgeNode` is one edge device: it holds its task partition, its durable
+:class:`~pipeline.ledger.PrivacyLedger` and its signing key, and turns a global model into signed,
+compressed update bytes (:meth:`EdgeNode.train_round`). :class:`Aggregator` verifies and decodes
+those bytes, admits each (node, round) once, and combines the deltas with a strategy from
+:func:`pipeline.strategies.make_strategy` (:meth:`Aggregator.receive`,
+:meth:`Aggregator.close_round`). :func:`simulate` wires N nodes and an aggregator together with
+function calls instead of Kafka topics; the agents use the same two classes with a real transport.
+
+Order of operations inside :meth:`EdgeNode.train_round` (privacy invariant 3):
+
+1. compute ε after the planned round from the ledger; refuse with
+   :class:`~pipeline.ledger.BudgetExceededError` if it would exceed the budget;
+2. train with Opacus DP-SGD (every noisy step lands in the ledger via the optimizer hook);
+3. flush the ledger to disk (fsync + rename) and re-check the budget;
+4. only then encode and sign the update.
+
+Examples
+--------
+>>> from pipeline.simulation import simulate
+>>> result = simulate(task="fashion-mnist", nodes=2, rounds=1, epsilon=5.0, seed=0,
+...                   task_options={"max_train_per_node": 128, "max_test": 128},
+...                   local_steps=2, batch_size=32)
+>>> len(result.rounds)
+1
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.codec import Compression, KeyRegistry, UpdateAdmission, decode_update, encode_update
+from pipeline.codec import generate_keypair
+from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
+from pipeline.ledger import PrivacyLedger, ledger_path
+from pipeline.ledger_analysis import Mechanism
+from pipeline.strategies import ClientResult, Strategy, make_strategy
+from pipeline.tasks import Task, TrainConfig, get_task
+from pipeline.weights import get_weights, set_weights, weight_delta, weight_shapes
+from schemas.update import ModelUpdate, PrivacyStamp
+
+__all__ = [
+    "Aggregator",
+    "EdgeNode",
+    "NO_DP_EPSILON",
+    "RoundResult",
+    "RoundRow",
+    "SimulationResult",
+    "simulate",
+]
+
+logger = logging.getLogger(__name__)
+
+Weights = dict[str, np.ndarray]
+
+#: ε written in the stamp of a non-private update (anchors only): "unbounded", kept finite for
+#: the wire contract.
+NO_DP_EPSILON = sys.float_info.max
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class EdgeNode:
+    """One edge device: local data, DP-SGD, ledger and signing key.
+
+    Parameters
+    ----------
+    node_id
+        Wire-safe id (``[A-Za-z0-9_.:/-]``).
+    task
+        The task; the node only reads ``task.train_data(node_id)``.
+    private_key
+        Ed25519 private key (``pipeline.codec.generate_keypair()[0]``).
+    ledger
+        The node's privacy ledger; ``None`` trains without DP (benchmark anchors only).
+    noise_multiplier
+        DP-SGD σ; required when ``ledger`` is given.
+    train_config
+        Local hyper-parameters (default: ``task.train_config``).
+    compression
+        Update tensor encoding.
+    seed, index
+        Round r uses a seed derived from (seed, index, r).
+    batch_size
+        Expected local batch size (default ``train_config.batch_size``); :func:`simulate` sets it
+        per node so that every node has the same sample rate.
+
+    Examples
+    --------
+    See :func:`simulate`.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        task: Task,
+        private_key: bytes,
+        ledger: PrivacyLedger | None,
+        noise_multiplier: float | None = None,
+        train_config: TrainConfig | None = None,
+        compression: Compression = Compression.INT8,
+        seed: int = 0,
+        index: int = 0,
+        batch_size: int | None = None,
+    ) -> None:
+        if ledger is not None and (noise_multiplier is None or noise_multiplier <= 0):
+            raise ValueError("a DP node needs noise_multiplier > 0")
+        self.node_id = node_id
+        self.task = task
+        self.ledger = ledger
+        self.noise_multiplier = noise_multiplier
+        self.config = train_config or task.train_config
+        self.compression = Compression(compression)
+        self.seed = seed
+        self.index = index
+        self._private_key = private_key
+        self.data = task.train_data(node_id)
+        self.batch_size = min(batch_size or self.config.batch_size, len(self.data))
+        self.last_update: ModelUpdate | None = None
+
+    @property
+    def sample_rate(self) -> float:
+        """Poisson sample rate q of the local loader (Opacus: ``1 / len(loader)``)."""
+        return 1.0 / len(DataLoader(self.data, batch_size=self.batch_size))
+
+    @property
+    def num_examples(self) -> int:
+        """Local training examples."""
+        return len(self.data)
+
+    def _train(self, model: torch.nn.Module, generator: torch.Generator) -> float:
+        cfg = self.config
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        loader = DataLoader(self.data, batch_size=self.batch_size, shuffle=True,
+                            generator=generator)
+        if self.ledger is None:
+            loss_fn = self.task.loss_fn()
+            total = 0.0
+            it = iter(loader)
+            for _ in range(cfg.local_steps):
+                try:
+                    x, y = next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    x, y = next(it)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+            return total / cfg.local_steps
+        assert self.noise_multiplier is not None
+        dp = make_private(module=model, optimizer=optimizer, data_loader=loader,
+                          ledger=self.ledger, noise_multiplier=self.noise_multiplier,
+                          max_grad_norm=cfg.max_grad_norm, grad_sample_mode=cfg.grad_sample_mode,
+                          noise_generator=generator)
+        return train_steps(dp, loss_fn=self.task.loss_fn(), steps=cfg.local_steps)
+
+    def check_budget(self) -> float:
+        """Return ε after one more round; raise ``BudgetExceededError`` if above the budget."""
+        if self.ledger is None or self.noise_multiplier is None:
+            return NO_DP_EPSILON
+        return self.ledger.check_round(noise_multiplier=self.noise_multiplier,
+                                       sample_rate=self.sample_rate,
+                                       steps=self.config.local_steps)
+
+    def train_round(self, global_weights: Mapping[str, np.ndarray], *, round: int,
+                    version: int) -> bytes:
+        """Train one round from ``global_weights`` and return the signed, encoded update.
+
+        Raises
+        ------
+        BudgetExceededError
+            before training, when the round would take ε above the budget (nothing trained,
+            nothing recorded), or before publishing, if the recorded spend exceeds it.
+        """
+        self.check_budget()
+        gen_seed = _seed(self.seed, self.index, round)
+        torch.manual_seed(gen_seed)
+        generator = torch.Generator().manual_seed(gen_seed)
+        model = self.task.build_model()
+        set_weights(model, global_weights)
+        loss = self._train(model, generator)
+        delta = weight_delta(get_weights(model), global_weights)
+        if self.ledger is not None:
+            epsilon = self.ledger.check_publish()  # durable before anything leaves the node
+            stamp = PrivacyStamp(epsilon=epsilon, delta=self.ledger.delta,
+                                 noise_multiplier=float(self.noise_multiplier or 0.0),
+                                 sample_rate=self.sample_rate, steps=self.config.local_steps,
+                                 accountant=self.ledger.mechanism)
+        else:
+            stamp = PrivacyStamp(epsilon=NO_DP_EPSILON, delta=0.0, noise_multiplier=0.0,
+                                 sample_rate=self.sample_rate, steps=self.config.local_steps,
+                                 accountant="rdp")
+        update = ModelUpdate(node_id=self.node_id, task=self.task.name, round=round,
+                             base_version=version, num_examples=self.num_examples,
+                             metrics={"train_loss": loss}, privacy=stamp, delta=delta)
+        self.last_update = update
+        return encode_update(update, private_key=self._private_key, compression=self.compression)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What the aggregator did in one round.
+
+    Attributes
+    ----------
+    round, version
+        The closed round and the new global version.
+    node_ids
+        Nodes whose update was aggregated, in arrival order.
+    epsilons
+        ε each aggregated node stamped on its update.
+    update_bytes
+        Encoded size of each aggregated update.
+    weights
+        The new global weights.
+    """
+
+    round: int
+    version: int
+    node_ids: tuple[str, ...]
+    epsilons: Mapping[str, float]
+    update_bytes: Mapping[str, int]
+    weights: Mapping[str, np.ndarray] = field(repr=False)
+
+
+class Aggregator:
+    """Verify, admit and aggregate updates of one task.
+
+    Parameters
+    ----------
+    task_name
+        Updates for another task are rejected.
+    initial_weights
+        Global model version 0.
+    strategy
+        A :class:`pipeline.strategies.Strategy` (e.g. ``make_strategy("fedavg")``).
+    keys
+        Public keys of the admitted nodes.
+    admission
+        Replay/staleness gate (default: synchronous rounds).
+
+    Examples
+    --------
+    See :func:`simulate`.
+    """
+
+    def __init__(self, *, task_name: str, initial_weights: Mapping[str, np.ndarray],
+                 strategy: Strategy, keys: KeyRegistry,
+                 admission: UpdateAdmission | None = None) -> None:
+        self.task_name = task_name
+        self.weights: Weights = {k: np.asarray(v, np.float32).copy()
+                                 for k, v in initial_weights.items()}
+        self.strategy = strategy
+        self.keys = keys
+        self.admission = admission or UpdateAdmission(max_staleness=0)
+        self.version = 0
+        self._expected = weight_shapes(self.weights)
+        self._pending: list[tuple[ModelUpdate, int, int]] = []
+
+    def receive(self, data: bytes) -> ModelUpdate:
+        """Verify, decode and admit one encoded update for the current round.
+
+        Raises
+        ------
+        pipeline.codec.CodecError
+            bad signature, unknown node, wrong shapes, replay, stale, … (carries a reason).
+        ValueError
+            the update is for another task.
+        """
+        update = decode_update(data, keys=self.keys, expected=self._expected)
+        if update.task != self.task_name:
+            raise ValueError(f"update for task {update.task!r}, aggregator runs {self.task_name!r}")
+        staleness = self.admission.admit(update, current_version=self.version)
+        self._pending.append((update, staleness, len(data)))
+        return update
+
+    def close_round(self, *, round: int) -> RoundResult:
+        """Aggregate the received updates into a new global version (unchanged if none came)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            results = [ClientResult(node_id=u.node_id, delta=dict(u.delta),
+                                    num_examples=u.num_examples, staleness=s)
+                       for u, s, _ in pending]
+            self.weights = self.strategy.aggregate(self.weights, results)
+            self.version += 1
+        else:
+            logger.warning("round %d closed with no updates; global model unchanged", round)
+        return RoundResult(round=round, version=self.version,
+                           node_ids=tuple(u.node_id for u, _, _ in pending),
+                           epsilons={u.node_id: u.privacy.epsilon for u, _, _ in pending},
+                           update_bytes={u.node_id: n for u, _, n in pending},
+                           weights=self.weights)
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One row of the simulation log (JSON lines and CSV)."""
+
+    round: int
+    metric_name: str
+    metric: float
+    metrics: Mapping[str, float]
+    epsilon_max: float
+    epsilons: Mapping[str, float]
+    bytes_per_update: float
+    raw_float32_bytes: int
+    seconds: float
+    nodes_refused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Everything :func:`simulate` measured."""
+
+    task: str
+    initial_metrics: Mapping[str, float]
+    rounds: tuple[RoundRow, ...]
+    final_metrics: Mapping[str, float]
+    epsilons: Mapping[str, float]
+    noise_multipliers: Mapping[str, float]
+    weights: Mapping[str, np.ndarray] = field(repr=False)
+    seconds: float = 0.0
+
+
+def common_batch_sizes(sizes: Sequence[int], *, batch_size: int) -> list[int]:
+    """Per-node batch sizes giving every node the same sample rate q = 1/k.
+
+    k is chosen so that a node of median size gets about ``batch_size``. Sharing q (and hence σ)
+    means one noise calibration and one ε computation per round serve every node: the PRV
+    accountant costs about a second per distinct history on this CPU.
+
+    Examples
+    --------
+    >>> common_batch_sizes([1000, 2000, 4000], batch_size=100)
+    [50, 100, 200]
+    """
+    k = max(1, round(float(np.median(sizes)) / batch_size))
+    return [max(1, -(-n // k)) for n in sizes]
+
+
+def _noise_for(node: EdgeNode, *, epsilon: float, delta: float, rounds: int,
+               accountant: Mechanism) -> float:
+    return noise_multiplier_for_budget(epsilon=epsilon, delta=delta, sample_rate=node.sample_rate,
+                                       steps=rounds * node.config.local_steps,
+                                       accountant=accountant)
+
+
+def simulate(
+    *,
+    task: str | Task,
+    rounds: int,
+    epsilon: float | None,
+    nodes: int | None = None,
+    strategy: str = "fedavg",
+    strategy_options: Mapping[str, Any] | None = None,
+    delta: float = 1e-5,
+    accountant: Mechanism = "prv",
+    noise_multiplier: float | None = None,
+    compression: Compression | str = Compression.INT8,
+    seed: int = 0,
+    out: Path | str | None = None,
+    task_options: Mapping[str, Any] | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    local_steps: int | None = None,
+    eval_every: int = 1,
+    eval_split: str = "test",
+    progress: Callable[[int, RoundRow], None] | None = None,
+) -> SimulationResult:
+    """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
+
+    Parameters
+    ----------
+    task
+        Task name (built with ``task_options`` and ``nodes``) or a ready :class:`Task`.
+    rounds
+        Planned rounds; the noise multiplier is calibrated so the whole plan spends ≤ ``epsilon``.
+    epsilon
+        Per-node ε budget at ``delta``; ``None`` trains without DP (anchor runs only).
+    nodes
+        Number of nodes (fashion: partitions; pedestrian: first n sensors); default: the task's.
+    strategy, strategy_options
+        Passed to :func:`pipeline.strategies.make_strategy`.
+    accountant
+        ``"prv"`` (default) or ``"rdp"``.
+    noise_multiplier
+        Fixed σ instead of calibrating from the budget.
+    compression
+        Update encoding (``int8``, ``float16``, ``float32``).
+    seed
+        Same seed → same result (model init, partitions, sampling and noise).
+    out
+        Folder for ``rounds.jsonl``, ``rounds.csv``, ``summary.json`` and ``ledgers/``;
+        ``None`` keeps ledgers in memory and writes nothing.
+    lr, batch_size, local_steps
+        Override the task's :class:`TrainConfig`.
+    eval_every
+        Evaluate the global model every n rounds (and always after the last).
+    progress
+        Called after each round with ``(round, row)`` (the CLI draws its progress bar with it).
+
+    Raises
+    ------
+    BudgetExceededError
+        never for a calibrated plan; with a fixed ``noise_multiplier`` nodes over budget are
+        skipped and listed in ``RoundRow.nodes_refused`` instead.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    opts = dict(task_options or {})
+    if isinstance(task, str):
+        if nodes is not None:
+            opts.setdefault("num_nodes" if task == "fashion-mnist" else "sensors", nodes)
+        if task == "fashion-mnist":
+            opts.setdefault("seed", seed)
+        the_task: Task = get_task(task, **opts)
+    else:
+        the_task = task
+    node_ids = the_task.node_ids()
+    base = the_task.train_config
+    cfg = TrainConfig(lr=lr if lr is not None else base.lr,
+                      batch_size=batch_size or base.batch_size,
+                      local_steps=local_steps or base.local_steps,
+                      max_grad_norm=base.max_grad_norm, grad_sample_mode=base.grad_sample_mode,
+                      momentum=base.momentum)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed)
+    model = the_task.build_model()
+    initial = get_weights(model)
+    keys = KeyRegistry()
+    edge: list[EdgeNode] = []
+    sigmas: dict[str, float] = {}
+    sizes = [len(the_task.train_data(n)) for n in node_ids]
+    batches = common_batch_sizes(sizes, batch_size=cfg.batch_size)
+    for i, nid in enumerate(node_ids):
+        private, public = generate_keypair()
+        keys.register(nid, public)
+        ledger = None
+        if epsilon is not None:
+            path = ledger_path(out_dir / "ledgers", nid) if out_dir else None
+            ledger = (PrivacyLedger.open(path, node_id=nid, budget=epsilon, delta=delta,
+                                         mechanism=accountant) if path else
+                      PrivacyLedger(node_id=nid, budget=epsilon, delta=delta,
+                                    mechanism=accountant))
+        node = EdgeNode(node_id=nid, task=the_task, private_key=private, ledger=ledger,
+                        noise_multiplier=1.0 if ledger else None, train_config=cfg,
+                        compression=Compression(compression), seed=seed, index=i,
+                        batch_size=batches[i])
+        if ledger is not None:
+            node.noise_multiplier = noise_multiplier or _noise_for(
+                node, epsilon=epsilon or 0.0, delta=delta, rounds=rounds, accountant=accountant)
+            sigmas[nid] = node.noise_multiplier
+        edge.append(node)
+    logger.info("simulate %s: %d nodes, %d rounds, eps=%s, sigma=%s", the_task.name, len(edge),
+                rounds, epsilon, sorted(set(round(s, 3) for s in sigmas.values())))
+    aggregator = Aggregator(task_name=the_task.name, initial_weights=initial,
+                            strategy=make_strategy(strategy, **dict(strategy_options or {})),
+                            keys=keys)
+    raw_bytes = sum(int(v.size) * 4 for v in initial.values())
+    eval_model = the_task.build_model()
+
+    def _evaluate(weights: Mapping[str, np.ndarray]) -> dict[str, float]:
+        set_weights(eval_model, weights)
+        return the_task.evaluate(eval_model, split=eval_split)  # type: ignore[arg-type]
+
+    initial_metrics = _evaluate(initial)
+    metric_name = the_task.primary_metric
+    rows: list[RoundRow] = []
+    metrics = initial_metrics
+    from pipeline.ledger import BudgetExceededError
+
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        refused: list[str] = []
+        for node in edge:
+            try:
+                data = node.train_round(aggregator.weights, round=r, version=aggregator.version)
+            except BudgetExceededError as exc:
+                logger.warning("%s", exc)
+                refused.append(node.node_id)
+                continue
+            aggregator.receive(data)
+        result = aggregator.close_round(round=r)
+        if r % eval_every == 0 or r == rounds:
+            metrics = _evaluate(result.weights)
+        eps = {n.node_id: (n.ledger.epsilon() if n.ledger else float("inf")) for n in edge}
+        row = RoundRow(round=r, metric_name=metric_name, metric=float(metrics[metric_name]),
+                       metrics={k: v for k, v in metrics.items() if ":" not in k},
+                       epsilon_max=max(eps.values()), epsilons=eps,
+                       bytes_per_update=float(np.mean(list(result.update_bytes.values()) or [0])),
+                       raw_float32_bytes=raw_bytes, seconds=time.perf_counter() - t0,
+                       nodes_refused=tuple(refused))
+        rows.append(row)
+        if out_dir is not None:
+            _append_row(out_dir, row)
+        if progress is not None:
+            progress(r, row)
+    sim = SimulationResult(task=the_task.name, initial_metrics=initial_metrics,
+                           rounds=tuple(rows), final_metrics=metrics,
+                           epsilons=rows[-1].epsilons, noise_multipliers=sigmas,
+                           weights=aggregator.weights, seconds=time.perf_counter() - t_start)
+    if out_dir is not None:
+        summary = {k: v for k, v in asdict(sim).items() if k not in ("weights", "rounds")}
+        summary.update(rounds=len(rows), strategy=strategy, seed=seed, delta=delta,
+                       accountant=accountant, compression=Compression(compression).value,
+                       budget=epsilon)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return sim
+
+
+_CSV_FIELDS = ["round", "metric_name", "metric", "epsilon_max", "bytes_per_update",
+               "raw_float32_bytes", "seconds", "nodes_refused"]
+
+
+def _append_row(out_dir: Path, row: RoundRow) -> None:
+    with (out_dir / "rounds.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(asdict(row), default=float) + "\n")
+    csv_path = out_dir / "rounds.csv"
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=_CSV_FIELDS + [f"eps:{k}" for k in row.epsilons])
+        if new:
+            w.writeheader()
+        rec: dict[str, Any] = {k: getattr(row, k) for k in _CSV_FIELDS}
+        rec["nodes_refused"] = ";".join(row.nodes_refused)
+        rec.update({f"eps:{k}": v for k, v in row.epsilons.items()})
+        w.writerow(rec)
+
+
+def summarize_rows(rows: Sequence[RoundRow]) -> list[dict[str, Any]]:
+    """Return the rows as plain dicts (for JSON)."""
+    return [asdict(r) for r in rows]
