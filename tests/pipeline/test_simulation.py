@@ -1,0 +1,102 @@
+"""In-process simulation: learns, is reproducible, and respects the privacy ledger."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.codec import CodecError, KeyRegistry, generate_keypair
+from pipeline.ledger import BudgetExceededError, PrivacyLedger
+from pipeline.simulation import Aggregator, EdgeNode, simulate
+from pipeline.strategies import make_strategy
+from pipeline.tasks import get_task
+from pipeline.weights import get_weights
+
+FASHION = {"max_train_per_node": 300, "max_test": 400}
+
+
+@pytest.fixture(autouse=True)
+def _threads():  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def fashion():  # type: ignore[no-untyped-def]
+    return get_task("fashion-mnist", num_nodes=3, seed=0, **FASHION)
+
+
+def test_fashion_simulation_improves_and_is_reproducible(fashion, tmp_path):  # type: ignore[no-untyped-def]
+    kw = dict(task=fashion, rounds=3, epsilon=8.0, accountant="rdp", seed=1, local_steps=6,
+              batch_size=50, lr=1.0)
+    a = simulate(out=tmp_path / "a", **kw)
+    b = simulate(**kw)
+    assert a.final_metrics["accuracy"] > a.initial_metrics["accuracy"] + 0.1
+    assert [r.metric for r in a.rounds] == [r.metric for r in b.rounds]
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert max(a.epsilons.values()) <= 8.0
+    rows = [json.loads(line) for line in (tmp_path / "a" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["bytes_per_update"] <= 0.25 * rows[0]["raw_float32_bytes"]
+    assert (tmp_path / "a" / "rounds.csv").exists() and (tmp_path / "a" / "summary.json").exists()
+
+
+def test_pedestrian_simulation_improves():  # type: ignore[no-untyped-def]
+    task = get_task("pedestrian-forecast", sensors=2, max_train_per_node=3000)
+    res = simulate(task=task, rounds=3, epsilon=4.0, accountant="rdp", seed=0, local_steps=10,
+                   batch_size=300, eval_split="val")
+    assert res.final_metrics["mae"] < 0.7 * res.initial_metrics["mae"]
+
+
+def test_restart_never_lowers_epsilon_and_exhausted_nodes_stop(fashion, tmp_path):  # type: ignore[no-untyped-def]
+    kw = dict(task=fashion, rounds=2, epsilon=3.0, accountant="rdp", seed=0, local_steps=3,
+              batch_size=50, out=tmp_path)
+    first = simulate(**kw)
+    # "restart" on the same folder: ledgers are reloaded, the plan no longer fits the budget
+    second = simulate(**kw)
+    for node, eps in first.epsilons.items():
+        assert second.epsilons[node] >= eps
+        assert second.epsilons[node] <= 3.0
+    assert set(second.rounds[-1].nodes_refused) == set(fashion.node_ids())
+
+
+def test_edge_node_refuses_to_train_or_publish_over_budget(fashion, tmp_path):  # type: ignore[no-untyped-def]
+    private, _ = generate_keypair()
+    ledger = PrivacyLedger.open(tmp_path / "n.json", node_id="fmnist-00", budget=1.0,
+                                delta=1e-5, mechanism="rdp")
+    node = EdgeNode(node_id="fmnist-00", task=fashion, private_key=private, ledger=ledger,
+                    noise_multiplier=0.8, batch_size=50)
+    weights = get_weights(fashion.build_model())
+    with pytest.raises(BudgetExceededError) as err:
+        for r in range(1, 100):
+            node.train_round(weights, round=r, version=0)
+    assert err.value.epsilon_after > 1.0
+    steps_on_disk = PrivacyLedger.open(tmp_path / "n.json", node_id="fmnist-00", budget=1.0,
+                                       delta=1e-5, mechanism="rdp").total_steps
+    assert steps_on_disk == ledger.total_steps  # everything trained was recorded durably
+    assert ledger.epsilon() <= 1.0
+
+
+def test_aggregator_rejects_unverifiable_updates(fashion):  # type: ignore[no-untyped-def]
+    private, public = generate_keypair()
+    keys = KeyRegistry()
+    keys.register("fmnist-00", public)
+    weights = get_weights(fashion.build_model())
+    agg = Aggregator(task_name=fashion.name, initial_weights=weights,
+                     strategy=make_strategy("fedavg"), keys=keys)
+    node = EdgeNode(node_id="fmnist-00", task=fashion, private_key=private,
+                    ledger=PrivacyLedger(node_id="fmnist-00", budget=5, delta=1e-5,
+                                         mechanism="rdp"),
+                    noise_multiplier=1.0, batch_size=50)
+    data = node.train_round(weights, round=1, version=0)
+    tampered = bytearray(data)
+    tampered[-1] ^= 1
+    with pytest.raises(CodecError):
+        agg.receive(bytes(tampered))
+    agg.receive(data)
+    with pytest.raises(CodecError):  # replay of the same (node, round)
+        agg.receive(data)
+    result = agg.close_round(round=1)
+    assert result.version == 1 and result.node_ids == ("fmnist-00",)
