@@ -1,0 +1,239 @@
+"""The edge worker: ``faust -A agents.edge worker`` (or ``edgeveil edge``).
+
+One worker hosts one or more edge nodes (``EDGEVEIL_EDGE_NODES``: ``all``, ``1-7`` (1-based
+positions in the federation's node list) or comma-separated node ids). For every new global model
+on ``edgeveil.models`` it
+
+1. verifies the aggregator's signature and hot-swaps the model's ONNX into onnxruntime
+   (:class:`pipeline.hotswap.OnnxModelSlot`) without stopping anything else;
+2. lets each node train one DP-SGD round from the new weights (:class:`pipeline.simulation.EdgeNode`:
+   the privacy ledger is checked before and written durably before the update exists) and
+   publishes the signed update to ``edgeveil.updates``;
+3. publishes each node's forecast to ``edgeveil.analytics``.
+
+A timer publishes heartbeats to ``edgeveil.telemetry``. Models that fail verification go to the
+DLQ with the reason; the worker keeps running. A node whose budget is spent stops training and
+says so in its telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agents import federation
+from agents.app import make_app
+from agents.topics import ANALYTICS, DLQ, MODELS, TELEMETRY, UPDATES
+from pipeline.codec import CodecError
+from pipeline.global_model import decode_global_model
+from pipeline.hotswap import ModelLoadError, OnnxModelSlot
+from schemas.messages import AnalyticsRecord, DlqEntry, Telemetry
+
+log = logging.getLogger(__name__)
+
+app = make_app("edge")
+
+models_topic = app.topic(MODELS.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=MODELS.partitions)
+updates_topic = app.topic(UPDATES.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw", partitions=UPDATES.partitions)
+analytics_topic = app.topic(ANALYTICS.name, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw",
+                            partitions=ANALYTICS.partitions)
+telemetry_topic = app.topic(TELEMETRY.name, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw",
+                            partitions=TELEMETRY.partitions)
+dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw", partitions=DLQ.partitions)
+
+
+def select_nodes(spec: str, nodes: list[str]) -> list[str]:
+    """Resolve ``EDGEVEIL_EDGE_NODES`` against the federation's node list.
+
+    Examples
+    --------
+    >>> select_nodes("2-3", ["a", "b", "c", "d"])
+    ['b', 'c']
+    >>> select_nodes("a,d", ["a", "b", "c", "d"])
+    ['a', 'd']
+    """
+    spec = spec.strip()
+    if spec in ("", "all"):
+        return list(nodes)
+    out: list[str] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part and all(p.strip().isdigit() for p in part.split("-", 1)):
+            lo, hi = (int(p) for p in part.split("-", 1))
+            if not 1 <= lo <= hi <= len(nodes):
+                raise ValueError(f"node range {part!r} outside 1..{len(nodes)}")
+            out.extend(nodes[lo - 1:hi])
+        elif part.isdigit():
+            out.append(nodes[int(part) - 1])
+        elif part in nodes:
+            out.append(part)
+        else:
+            raise ValueError(f"unknown node {part!r}; the federation has {nodes}")
+    return out
+
+
+class _Edge:
+    """The nodes of this worker and their shared model slot (pipeline objects only)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from pipeline.dp.calibrate import noise_multiplier_for_budget
+        from pipeline.ledger import PrivacyLedger, ledger_path
+        from pipeline.simulation import EdgeNode
+        from pipeline.tasks import get_task
+
+        torch.set_num_threads(1)
+        self.root = federation.run_dir()
+        self.cfg = federation.load_config(self.root)
+        _, self.aggregator_pub = federation.aggregator_keys(self.root)
+        self.node_ids = select_nodes(os.environ.get("EDGEVEIL_EDGE_NODES", "all"), self.cfg.nodes)
+        self.task = get_task(self.cfg.task, **self.cfg.task_kwargs)
+        self.nodes: dict[str, Any] = {}
+        for node_id in self.node_ids:
+            ledger = PrivacyLedger.open(ledger_path(self.root / "ledgers", node_id),
+                                        node_id=node_id, budget=self.cfg.epsilon,
+                                        delta=self.cfg.delta)
+            probe = EdgeNode(node_id=node_id, task=self.task, private_key=b"\0" * 32,
+                             ledger=None)
+            sigma = noise_multiplier_for_budget(
+                epsilon=self.cfg.epsilon, delta=self.cfg.delta, sample_rate=probe.sample_rate,
+                steps=self.cfg.rounds * probe.config.local_steps, accountant=ledger.mechanism)
+            self.nodes[node_id] = EdgeNode(
+                node_id=node_id, task=self.task, private_key=federation.node_key(self.root, node_id),
+                ledger=ledger, noise_multiplier=sigma, compression=self.cfg.compression,
+                seed=self.cfg.seed, index=self.cfg.nodes.index(node_id))
+        self.slot = OnnxModelSlot()
+        self.version = -1
+        self.exhausted: set[str] = set()
+        self.published = self._load_published()
+        self.epsilon = {n: float(node.ledger.epsilon()) for n, node in self.nodes.items()}
+        log.info("edge worker serves %d nodes: %s", len(self.nodes), ", ".join(self.node_ids))
+
+    # the last round each node published, so a restarted worker does not train a round twice
+    def _published_path(self) -> Path:
+        return self.root / "edge-state" / ("published-" + "_".join(self.node_ids)[:80] + ".json")
+
+    def _load_published(self) -> dict[str, int]:
+        p = self._published_path()
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def mark_published(self, node_id: str, round_: int) -> None:
+        self.published[node_id] = round_
+        p = self._published_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.published))
+        os.replace(tmp, p)
+
+    def forecast(self, node_id: str, version: int) -> tuple[float, float] | None:
+        """(forecast, actual) count for one test-period hour, served by the ONNX model."""
+        windows = getattr(self.task, "windows", None)
+        to_count = getattr(self.task, "count_from_output", None)
+        if windows is None or to_count is None or self.slot.version is None:
+            return None
+        w = windows(node_id, "test")
+        if len(w.x) == 0:
+            return None
+        i = (version * 97) % len(w.x)
+        z, _ = self.slot.predict(w.x[i:i + 1])
+        return float(to_count(node_id, float(z.reshape(-1)[0]))), float(w.counts[i])
+
+
+_edge: _Edge | None = None
+
+
+def _runtime() -> _Edge:
+    global _edge
+    if _edge is None:
+        _edge = _Edge()
+    return _edge
+
+
+async def _reject(msg: Any, err: Exception) -> None:
+    entry = DlqEntry(reason=str(getattr(err, "reason", type(err).__name__)),
+                     detail=str(getattr(err, "detail", err))[:2000], source_topic=msg.topic,
+                     partition=msg.partition, offset=msg.offset, agent="edge")
+    await dlq_topic.send(key=msg.key, value=msg.value or b"", headers=entry.to_headers())
+    log.warning("rejected model at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset,
+                entry.reason)
+
+
+async def _train_and_publish(edge: _Edge, weights: dict[str, Any], version: int) -> None:
+    from pipeline.ledger import BudgetExceededError
+
+    round_ = version + 1
+    for node_id, node in edge.nodes.items():
+        if node_id in edge.exhausted or edge.published.get(node_id, 0) >= round_:
+            continue
+        try:
+            blob = await asyncio.to_thread(node.train_round, weights, round=round_, version=version)
+        except BudgetExceededError as exc:
+            edge.exhausted.add(node_id)
+            log.warning("%s stops training: %s", node_id, exc)
+            continue
+        await updates_topic.send(key=node_id.encode(), value=blob)
+        edge.mark_published(node_id, round_)
+        edge.epsilon[node_id] = await asyncio.to_thread(node.ledger.epsilon)
+        log.info("%s published round %d (%d bytes, eps %.3f)", node_id, round_, len(blob),
+                 edge.epsilon[node_id])
+
+
+@app.agent(models_topic)
+async def on_model(stream):  # type: ignore[no-untyped-def]
+    """Verify, hot-swap, train, publish, forecast — for every new global model."""
+    edge = await asyncio.to_thread(_runtime)
+    async for event in stream.events():
+        msg = event.message
+        try:
+            model = decode_global_model(msg.value or b"", public_key=edge.aggregator_pub)
+        except CodecError as err:
+            await _reject(msg, err)
+            continue
+        h = model.header
+        if h.task != edge.cfg.task or h.version <= edge.version:
+            continue
+        try:
+            await asyncio.to_thread(edge.slot.swap, model.onnx, version=h.version)
+        except ModelLoadError as err:
+            await _reject(msg, err)
+            continue
+        edge.version = h.version
+        log.info("serving global model v%d", h.version)
+        if h.version < edge.cfg.rounds:
+            await _train_and_publish(edge, dict(model.weights), h.version)
+        for node_id in edge.nodes:
+            fc = edge.forecast(node_id, h.version)
+            if fc is None:
+                continue
+            rec = AnalyticsRecord(node_id=node_id, interval_start=time.time(),
+                                  interval_seconds=3600.0, counts={"person": int(round(fc[1]))},
+                                  forecast=round(fc[0], 2), model_version=h.version)
+            await analytics_topic.send(key=node_id.encode(), value=rec.encode())
+
+
+@app.timer(interval=2.0)
+async def heartbeat() -> None:
+    """One telemetry record per node every 2 s."""
+    if _edge is None:
+        return
+    import psutil
+
+    proc = psutil.Process()
+    cpu = proc.cpu_percent(None)
+    rss = proc.memory_info().rss
+    for node_id in _edge.nodes:
+        t = Telemetry(node_id=node_id, fps=0.0, frames_in=0, fail_closed=0,
+                      epsilon=_edge.epsilon[node_id], cpu_percent=cpu, rss_bytes=rss,
+                      model_version=_edge.slot.version if _edge.slot.version is not None else -1)
+        await telemetry_topic.send(key=node_id.encode(), value=t.encode())
