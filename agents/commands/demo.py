@@ -78,20 +78,33 @@ def run_foundation_demo(*, messages: int = 200, out_dir: Path = Path("out"),
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        messages: int = typer.Option(200, min=1, help="Messages to round-trip."),
-        out: Path = typer.Option(Path("out"), help="Where the summary and worker log go."),
+        rounds: int = typer.Option(5, min=1, help="Federated rounds."),
+        nodes: int = typer.Option(21, min=2, max=21, help="Edge nodes (Auckland sensors)."),
+        epsilon: float = typer.Option(2.0, min=0.05, help="Per-node ε budget (δ = 1e-5)."),
+        edge_workers: int = typer.Option(2, min=1, help="Edge worker processes."),
+        camera: bool = typer.Option(True, help="Give one node a live camera on vtest.avi."),
+        out: Path = typer.Option(Path("out"), help="Where report.html, summary and logs go."),
+        echo: bool = typer.Option(False, "--echo", help="Only the broker + faust round-trip check."),
     ) -> None:
-        """Start a local Kafka and a real faust worker, round-trip messages, stop everything."""
+        """Run the whole system: local Kafka, aggregator and edge workers, rounds, report."""
+        from agents.demo import default_camera, run_demo
         from agents.kafka_harness import KafkaHarnessError
         from agents.workers import WorkerError
 
         try:
-            summary = run_foundation_demo(messages=messages, out_dir=out)
+            if echo:
+                summary = run_foundation_demo(out_dir=out)
+                ok = bool(summary["ok"])
+            else:
+                summary = run_demo(out_dir=out, rounds=rounds, nodes=nodes, epsilon=epsilon,
+                                   edge_workers=edge_workers,
+                                   camera=default_camera() if camera else None)
+                ok = summary["completed_rounds"] == rounds
         except KeyboardInterrupt:
-            typer.echo("interrupted; broker and worker stopped")
+            typer.echo("interrupted; broker and workers stopped")
             raise typer.Exit(130) from None
-        except (KafkaHarnessError, WorkerError) as exc:
+        except (KafkaHarnessError, WorkerError, RuntimeError) as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(1) from exc
-        if not summary["ok"]:
+        if not ok:
             raise typer.Exit(1)

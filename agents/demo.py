@@ -1,0 +1,288 @@
+"""`edgeveil demo`: the whole system on one machine, with real processes and a real broker.
+
+Starts a local Kafka, writes a federation run directory (21 nodes = the 21 Auckland sensors),
+starts the aggregator and the edge workers as real ``faust worker`` processes, follows the rounds
+on the topics (a live table), writes ``out/report.html``, and stops everything — also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from agents import federation
+from agents.kafka_harness import LocalKafka
+from agents.settings import load_settings
+from agents.topics import (
+    ANALYTICS,
+    DLQ,
+    FEDERATION_TOPICS,
+    FRAMES_ANONYMIZED,
+    MODELS,
+    TELEMETRY,
+    ensure_topics,
+)
+from agents.workers import FaustWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoState:
+    """Everything the demo saw on the topics."""
+
+    models: dict[int, Any] = field(default_factory=dict)  # version -> GlobalModel
+    mae: dict[int, float] = field(default_factory=dict)
+    telemetry: dict[str, Any] = field(default_factory=dict)  # node -> latest Telemetry
+    analytics: list[Any] = field(default_factory=list)
+    dlq: list[Any] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)  # anonymized JPEG previews
+    round_seconds: dict[int, float] = field(default_factory=dict)
+
+
+def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, epsilon: float = 2.0,
+             edge_workers: int = 2, camera: Path | None = None, timeout_s: float = 540.0,
+             console: Console | None = None) -> dict[str, Any]:
+    """Run the federated demo end to end; returns the summary written to ``out/summary.json``."""
+    from kafka import KafkaConsumer
+
+    from pipeline.global_model import decode_global_model
+    from pipeline.tasks import get_task
+    from pipeline.weights import set_weights
+    from schemas.messages import AnalyticsRecord, DlqEntry, Telemetry
+
+    con = console or Console()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_root = out_dir / "run"
+    shutil.rmtree(run_root, ignore_errors=True)
+    t_start = time.monotonic()
+
+    con.print(f"[bold]1.[/] loading the pedestrian-forecast task ({nodes} Auckland sensors)")
+    task_kwargs: dict[str, Any] = {"sensors": nodes}
+    task = get_task("pedestrian-forecast", **task_kwargs)
+    node_ids = task.node_ids()
+    cfg = federation.FederationConfig(
+        task="pedestrian-forecast", task_kwargs=task_kwargs, quorum=len(node_ids),
+        min_quorum=max(1, len(node_ids) // 2), deadline_s=180.0, rounds=rounds,
+        epsilon=epsilon, nodes=node_ids)
+    federation.init_run_dir(run_root, cfg)
+    _, agg_pub = federation.aggregator_keys(run_root)
+    naive = task.seasonal_naive(split="test")["mae"]
+
+    state = DemoState()
+    workers: list[FaustWorker] = []
+    with LocalKafka() as kafka:
+        con.print(f"[bold]2.[/] Kafka up at {kafka.bootstrap_servers} "
+                  f"({time.monotonic() - t_start:.0f}s)")
+        settings = load_settings(bootstrap_servers=kafka.bootstrap_servers)
+        ensure_topics(settings, FEDERATION_TOPICS)
+        env = {"EDGEVEIL_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+               "EDGEVEIL_RUN_DIR": str(run_root.resolve()),
+               "EDGEVEIL_DATA_DIR": str(kafka.data_dir / "faust")}
+        logs = out_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        workers.append(FaustWorker("agents.aggregator", log_file=logs / "aggregator.log",
+                                   env={**env, "EDGEVEIL_APP_ID": "demo-aggregator"}))
+        bounds = _split(len(node_ids), edge_workers)
+        for i, (lo, hi) in enumerate(bounds):
+            wenv = {**env, "EDGEVEIL_APP_ID": f"demo-edge{i + 1}-edge",
+                    "EDGEVEIL_EDGE_NODES": f"{lo}-{hi}"}
+            if camera is not None and i == 0:
+                wenv["EDGEVEIL_CAMERA"] = str(camera)
+                wenv["EDGEVEIL_CAMERA_NODE"] = node_ids[lo - 1]
+            workers.append(FaustWorker("agents.edge", log_file=logs / f"edge{i + 1}.log",
+                                       env=wenv))
+        consumer = KafkaConsumer(MODELS.name, TELEMETRY.name, ANALYTICS.name, DLQ.name,
+                                 FRAMES_ANONYMIZED.name, auto_offset_reset="earliest",
+                                 consumer_timeout_ms=300, **settings.consumer_config())
+        try:
+            for w in workers:
+                w.start(wait_ready=False)
+            for w in workers:
+                w.wait_ready(240)
+            con.print(f"[bold]3.[/] aggregator + {edge_workers} edge workers ready "
+                      f"({time.monotonic() - t_start:.0f}s); rounds start")
+            deadline = time.monotonic() + timeout_s
+            last_version_at = time.monotonic()
+            with Live(_table(state, rounds, naive), console=con, refresh_per_second=2) as live:
+                while time.monotonic() < deadline:
+                    for msg in consumer:
+                        if msg.topic == MODELS.name:
+                            m = decode_global_model(msg.value, public_key=agg_pub)
+                            v = m.header.version
+                            if v not in state.models:
+                                now = time.monotonic()
+                                state.round_seconds[v] = now - last_version_at
+                                last_version_at = now
+                                state.models[v] = m
+                                model = task.build_model()
+                                set_weights(model, m.weights)
+                                state.mae[v] = task.evaluate(model, split="test")["mae"]
+                        elif msg.topic == TELEMETRY.name:
+                            t = Telemetry.decode(msg.value)
+                            state.telemetry[t.node_id] = t
+                        elif msg.topic == ANALYTICS.name:
+                            state.analytics.append(AnalyticsRecord.decode(msg.value))
+                        elif msg.topic == DLQ.name:
+                            state.dlq.append(DlqEntry.from_headers(msg.headers))
+                        elif msg.topic == FRAMES_ANONYMIZED.name and len(state.frames) < 6:
+                            state.frames.append(msg.value)
+                    live.update(_table(state, rounds, naive))
+                    if rounds in state.models and _all_swapped(state, node_ids, rounds):
+                        break
+                    dead = [w for w in workers if not w.running]
+                    if dead:
+                        raise RuntimeError(f"worker {dead[0].app} died:\n{dead[0].output[-3000:]}")
+        finally:
+            consumer.close()
+            for w in workers:
+                w.stop()
+    elapsed = time.monotonic() - t_start
+    summary = _summary(state, rounds=rounds, naive=naive, elapsed=elapsed, nodes=node_ids)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    report = write_report(out_dir / "report.html", state, summary)
+    ok = summary["completed_rounds"] == rounds
+    colour = "green" if ok else "red"
+    con.print(f"[bold {colour}]4.[/] {summary['completed_rounds']}/{rounds} rounds in "
+              f"{elapsed:.0f}s; test MAE {summary['mae_by_version'].get(str(rounds), float('nan')):.1f} "
+              f"(seasonal-naive {naive:.1f}); report: {report}")
+    return summary
+
+
+def _split(n: int, k: int) -> list[tuple[int, int]]:
+    k = max(1, min(k, n))
+    size, extra = divmod(n, k)
+    out, lo = [], 1
+    for i in range(k):
+        hi = lo + size - 1 + (1 if i < extra else 0)
+        out.append((lo, hi))
+        lo = hi + 1
+    return out
+
+
+def _all_swapped(state: DemoState, nodes: list[str], version: int) -> bool:
+    return all(n in state.telemetry and state.telemetry[n].model_version >= version for n in nodes)
+
+
+def _table(state: DemoState, rounds: int, naive: float) -> Table:
+    t = Table(title=f"EdgeVeil federated rounds (test MAE; seasonal-naive {naive:.1f})")
+    for col in ("version", "participants", "test MAE", "mean ε", "max ε", "bytes/update", "round s"):
+        t.add_column(col, justify="right")
+    for v in sorted(state.models):
+        h = state.models[v].header
+        eps = list(h.epsilon_by_node.values())
+        sizes = list(h.update_bytes.values())
+        t.add_row(str(v), str(len(h.participants)), f"{state.mae.get(v, float('nan')):.1f}",
+                  f"{sum(eps) / len(eps):.3f}" if eps else "-", f"{max(eps):.3f}" if eps else "-",
+                  f"{sum(sizes) / len(sizes):,.0f}" if sizes else "-",
+                  f"{state.round_seconds.get(v, 0):.1f}")
+    loaded = [tm.model_version for tm in state.telemetry.values()]
+    t.caption = (f"target {rounds} rounds · edges reporting: {len(loaded)} · "
+                 f"lowest model loaded: v{min(loaded) if loaded else '-'} · DLQ: {len(state.dlq)}")
+    return t
+
+
+def _summary(state: DemoState, *, rounds: int, naive: float, elapsed: float,
+             nodes: list[str]) -> dict[str, Any]:
+    last = state.models.get(max(state.models)) if state.models else None
+    return {
+        "completed_rounds": max((v for v in state.models), default=0),
+        "seconds": round(elapsed, 1),
+        "mae_by_version": {str(v): round(m, 3) for v, m in sorted(state.mae.items())},
+        "seasonal_naive_mae": round(naive, 3),
+        "epsilon_by_node": dict(last.header.epsilon_by_node) if last else {},
+        "update_bytes_mean": (sum(last.header.update_bytes.values()) / len(last.header.update_bytes)
+                              if last and last.header.update_bytes else None),
+        "dlq": [e.reason for e in state.dlq],
+        "nodes": len(nodes),
+        "analytics_records": len(state.analytics),
+        "anonymized_previews": len(state.frames),
+    }
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_report(path: Path, state: DemoState, summary: dict[str, Any]) -> Path:
+    """A self-contained HTML report: metric and ε over rounds, contributions, previews."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs: list[tuple[str, str]] = []
+    versions = sorted(state.mae)
+    if versions:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(versions, [state.mae[v] for v in versions], marker="o", label="global model")
+        ax.axhline(summary["seasonal_naive_mae"], color="grey", ls="--", label="seasonal naive")
+        ax.set_xlabel("global model version")
+        ax.set_ylabel("2025 test MAE (people/hour)")
+        ax.legend()
+        imgs.append(("Test MAE per round", _png(fig)))
+        plt.close(fig)
+    if state.models:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        nodes = sorted({n for m in state.models.values() for n in m.header.epsilon_by_node})
+        for n in nodes:
+            vs = [v for v in sorted(state.models) if n in state.models[v].header.epsilon_by_node]
+            ax.plot(vs, [state.models[v].header.epsilon_by_node[n] for v in vs], alpha=0.6)
+        ax.set_xlabel("global model version")
+        ax.set_ylabel("ε spent (δ=1e-5)")
+        ax.set_title("ε per node")
+        imgs.append(("Privacy spend per node", _png(fig)))
+        plt.close(fig)
+        last = state.models[max(state.models)].header
+        if last.update_bytes:
+            fig, ax = plt.subplots(figsize=(7, 3))
+            names = sorted(last.update_bytes)
+            ax.bar(range(len(names)), [last.update_bytes[n] / 1024 for n in names])
+            ax.set_xticks(range(len(names)), [n.removeprefix("akl-")[:14] for n in names],
+                          rotation=70, fontsize=7)
+            ax.set_ylabel("update KiB (last round)")
+            imgs.append(("Per-node contributions", _png(fig)))
+            plt.close(fig)
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>EdgeVeil demo report</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "pre{background:#f4f4f4;padding:1em}</style>",
+        "<h1>EdgeVeil demo report</h1>",
+        f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>",
+    ]
+    for title, data in imgs:
+        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>")
+    if state.frames:
+        parts.append("<h2>Anonymized camera previews</h2>")
+        for jpg in state.frames:
+            parts.append(f"<img width='384' src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'>")
+    parts.append("<p>Data: Auckland pedestrian counts © Heart of the City Auckland, CC-BY-4.0.</p>")
+    path.write_text("\n".join(parts))
+    return path
+
+
+def default_camera() -> Path | None:
+    """vtest.avi when installed and the vision pipeline is present, else None."""
+    if os.environ.get("EDGEVEIL_DEMO_CAMERA") == "0":
+        return None
+    try:
+        from pipeline.assets import locate
+
+        return locate("vtest.avi")
+    except Exception:  # noqa: BLE001 - the demo runs without a camera
+        return None
