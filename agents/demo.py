@@ -55,8 +55,13 @@ class DemoState:
 
 def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, epsilon: float = 2.0,
              edge_workers: int = 2, camera: Path | None = None, timeout_s: float = 540.0,
+             bootstrap_servers: str | None = None,
              console: Console | None = None) -> dict[str, Any]:
-    """Run the federated demo end to end; returns the summary written to ``out/summary.json``."""
+    """Run the federated demo end to end; returns the summary written to ``out/summary.json``.
+
+    ``bootstrap_servers`` runs against an existing broker (its topics must be fresh) instead of
+    starting a local one.
+    """
     from kafka import KafkaConsumer
 
     from pipeline.global_model import decode_global_model
@@ -84,7 +89,8 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
 
     state = DemoState()
     workers: list[FaustWorker] = []
-    with LocalKafka() as kafka:
+    broker = _ExistingBroker(bootstrap_servers, out_dir) if bootstrap_servers else LocalKafka()
+    with broker as kafka:
         con.print(f"[bold]2.[/] Kafka up at {kafka.bootstrap_servers} "
                   f"({time.monotonic() - t_start:.0f}s)")
         settings = load_settings(bootstrap_servers=kafka.bootstrap_servers)
@@ -160,6 +166,20 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
               f"{elapsed:.0f}s; test MAE {summary['mae_by_version'].get(str(rounds), float('nan')):.1f} "
               f"(seasonal-naive {naive:.1f}); report: {report}")
     return summary
+
+
+class _ExistingBroker:
+    """Context manager with LocalKafka's two attributes, for a broker someone else runs."""
+
+    def __init__(self, bootstrap_servers: str, out_dir: Path) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.data_dir = out_dir / "broker-client"
+
+    def __enter__(self) -> _ExistingBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _split(n: int, k: int) -> list[tuple[int, int]]:

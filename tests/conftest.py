@@ -58,3 +58,13 @@ def kafka_cluster_factory() -> Iterator[object]:
     for c in started:
         c.stop(timeout=5)  # data is discarded: no need to wait out a quorum-less shutdown
         c.remove_data()
+
+
+
+@pytest.fixture
+def fresh_federation_topics(kafka_broker: str) -> str:
+    """The session broker with the EdgeVeil federation topics deleted (each test starts clean)."""
+    from tests.kafka_helpers import delete_federation_topics
+
+    delete_federation_topics(kafka_broker)
+    return kafka_broker

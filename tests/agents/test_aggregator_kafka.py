@@ -20,6 +20,7 @@ from pipeline.rounds import RoundCoordinator, RoundPolicy
 from pipeline.strategies import make_strategy
 from schemas.messages import DlqEntry
 from schemas.update import ModelUpdate, PrivacyStamp
+from tests.kafka_helpers import delete_federation_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -93,22 +94,10 @@ def _wait_admitted(worker: FaustWorker, n: int, timeout: float = 60) -> None:
     raise AssertionError(f"aggregator admitted fewer than {n} updates\n{worker.output[-3000:]}")
 
 
-def _fresh_topics(kafka_broker: str) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=kafka_broker)
-    existing = set(admin.list_topics())
-    stale = [t.name for t in FEDERATION_TOPICS if t.name in existing]
-    if stale:
-        admin.delete_topics(stale)
-        time.sleep(2)
-    admin.close()
-
-
 def test_rounds_and_dlq_reasons_over_the_broker(kafka_broker: str, tmp_path: Path) -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
-    _fresh_topics(kafka_broker)
+    delete_federation_topics(kafka_broker)
     root = _run_dir(tmp_path)
     settings = load_settings(bootstrap_servers=kafka_broker)
     ensure_topics(settings, FEDERATION_TOPICS)
@@ -182,7 +171,7 @@ def test_rounds_and_dlq_reasons_over_the_broker(kafka_broker: str, tmp_path: Pat
 def test_sigkill_mid_round_resumes_without_loss_or_double_count(kafka_broker: str, tmp_path: Path) -> None:
     from kafka import KafkaProducer
 
-    _fresh_topics(kafka_broker)
+    delete_federation_topics(kafka_broker)
     root = _run_dir(tmp_path)
     settings = load_settings(bootstrap_servers=kafka_broker)
     ensure_topics(settings, FEDERATION_TOPICS)

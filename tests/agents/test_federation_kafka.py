@@ -15,6 +15,7 @@ from agents.topics import FEDERATION_TOPICS, MODELS, TELEMETRY, ensure_topics
 from agents.workers import FaustWorker
 from pipeline.global_model import decode_global_model
 from schemas.messages import Telemetry
+from tests.kafka_helpers import delete_federation_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -25,17 +26,11 @@ def test_three_edges_and_aggregator_complete_rounds_and_improve(kafka_broker: st
                                                                 tmp_path: Path) -> None:
     import torch
     from kafka import KafkaConsumer
-    from kafka.admin import KafkaAdminClient
 
     from pipeline.tasks import get_task
     from pipeline.weights import set_weights
 
-    admin = KafkaAdminClient(bootstrap_servers=kafka_broker)
-    stale = [t.name for t in FEDERATION_TOPICS if t.name in set(admin.list_topics())]
-    if stale:
-        admin.delete_topics(stale)
-        time.sleep(2)
-    admin.close()
+    delete_federation_topics(kafka_broker)
 
     task = get_task("pedestrian-forecast", **TASK_KWARGS)
     nodes = task.node_ids()

@@ -1,0 +1,87 @@
+"""A demo-sized run over the real broker, then the notebook and the egress audit on its output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agents.demo import run_demo
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, kafka_broker: str) -> tuple[Path, dict, str]:
+    from tests.kafka_helpers import delete_federation_topics
+
+    delete_federation_topics(kafka_broker)
+    out = tmp_path_factory.mktemp("demo") / "out"
+    camera = None
+    if os.environ.get("EDGEVEIL_TEST_CAMERA", "1") == "1":
+        from agents.demo import default_camera
+
+        camera = default_camera()
+    summary = run_demo(out_dir=out, rounds=2, nodes=3, edge_workers=1, camera=camera,
+                       bootstrap_servers=kafka_broker, timeout_s=300)
+    return out, summary, kafka_broker
+
+
+def test_demo_completes_rounds_and_writes_the_report(demo_run) -> None:
+    out, summary, _ = demo_run
+    assert summary["completed_rounds"] == 2
+    assert summary["dlq"] == []
+    mae = summary["mae_by_version"]
+    assert mae["2"] < mae["0"], mae
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    assert len(list((out / "run" / "models").glob("v*.evm"))) == 3
+
+
+def test_egress_audit_no_topic_carries_raw_pixels(demo_run) -> None:
+    from kafka import KafkaConsumer
+    from kafka.admin import KafkaAdminClient
+
+    from pipeline.audit import audit_payload
+
+    _, _, broker = demo_run
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    topics = sorted(t for t in admin.list_topics() if not t.startswith("__"))
+    admin.close()
+    assert "edgeveil.updates" in topics and any("changelog" in t for t in topics)
+    consumer = KafkaConsumer(*topics, bootstrap_servers=broker, auto_offset_reset="earliest",
+                             consumer_timeout_ms=4000, max_partition_fetch_bytes=16 * 2**20,
+                             fetch_max_bytes=64 * 2**20)
+    seen = 0
+    images = 0
+    bad = []
+    for msg in consumer:
+        seen += 1
+        for part in (msg.key or b"", msg.value or b""):
+            res = audit_payload(part)
+            images += res.images
+            if not res.ok:
+                bad.append((msg.topic, msg.offset, res.findings))
+    consumer.close()
+    assert seen > 20
+    assert not bad, bad[:5]
+
+
+def test_notebook_runs_headless_against_the_run(demo_run, monkeypatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    out, _, broker = demo_run
+    monkeypatch.setenv("EDGEVEIL_RUN_DIR", str(out / "run"))
+    monkeypatch.setenv("EDGEVEIL_BOOTSTRAP_SERVERS", broker)  # models read from Kafka
+    monkeypatch.setenv("EDGEVEIL_NB_LOCAL_NODES", "2")
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+    assert "versions: [0, 1, 2] source: kafka" in text
+    assert "federated beats local-only on" in text
