@@ -42,8 +42,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.codec import Compression, KeyRegistry, UpdateAdmission, decode_update, encode_update
-from pipeline.codec import generate_keypair
+from pipeline.codec import (
+    Compression,
+    KeyRegistry,
+    UpdateAdmission,
+    decode_update,
+    encode_update,
+    generate_keypair,
+)
 from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
 from pipeline.ledger import PrivacyLedger, ledger_path
 from pipeline.ledger_analysis import Mechanism
@@ -146,7 +152,7 @@ class EdgeNode:
 
     def _train(self, model: torch.nn.Module, generator: torch.Generator) -> float:
         cfg = self.config
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        optimizer = cfg.make_optimizer(model.parameters())
         loader = DataLoader(self.data, batch_size=self.batch_size, shuffle=True,
                             generator=generator)
         if self.ledger is None:
@@ -442,7 +448,7 @@ def simulate(
                       batch_size=batch_size or base.batch_size,
                       local_steps=local_steps or base.local_steps,
                       max_grad_norm=base.max_grad_norm, grad_sample_mode=base.grad_sample_mode,
-                      momentum=base.momentum)
+                      momentum=base.momentum, optimizer=base.optimizer)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,11 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -43,6 +45,8 @@ class TrainConfig:
         Opacus per-sample gradient engine picked for this model.
     momentum
         SGD momentum (0 = plain SGD).
+    optimizer
+        Local optimizer, ``"sgd"`` or ``"adam"`` (its state starts fresh every round).
     """
 
     lr: float = 0.1
@@ -51,6 +55,15 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     grad_sample_mode: GradSampleMode = "hooks"
     momentum: float = 0.0
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+    def make_optimizer(self, params: Iterable[nn.Parameter], *, lr: float | None = None
+                       ) -> torch.optim.Optimizer:
+        """Return the local optimizer over ``params``."""
+        lr = self.lr if lr is None else lr
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum)
 
 
 @runtime_checkable

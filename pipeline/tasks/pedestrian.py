@@ -112,7 +112,8 @@ class PedestrianMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        out: torch.Tensor = self.net(x)
+        return out.squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ class PedestrianForecastTask:
     name = "pedestrian-forecast"
     primary_metric = "mae"
     higher_is_better = False
-    train_config = TrainConfig(lr=0.5, batch_size=512, local_steps=10, max_grad_norm=1.0,
-                               grad_sample_mode="ew", momentum=0.0)
+    train_config = TrainConfig(lr=3e-3, batch_size=512, local_steps=10, max_grad_norm=1.0,
+                               grad_sample_mode="ew", optimizer="adam")
 
     def __init__(self, *, horizon: int = 1, sensors: Sequence[str] | int | None = None,
                  max_train_per_node: int | None = None) -> None:
@@ -252,7 +253,8 @@ class PedestrianForecastTask:
         z = model(torch.from_numpy(w.x)).numpy().astype(np.float64)
         model.train(was_training)
         mu, sd = self._scale(node_id)
-        return np.clip(np.expm1(z * sd + mu), 0.0, None)
+        pred: np.ndarray = np.clip(np.expm1(z * sd + mu), 0.0, None)
+        return pred
 
     def evaluate(self, model: nn.Module, *, split: Split = "test",
                  node_id: str | None = None) -> dict[str, float]:

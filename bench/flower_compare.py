@@ -1,0 +1,192 @@
+"""EdgeVeil's in-process simulation vs Flower's simulation engine, side by side.
+
+Same task (fashion-mnist, Dirichlet α=0.5, same partitions), same model, same per-node batch
+sizes (hence sample rates), same Opacus DP-SGD settings (σ calibrated once, clip, grad-sample
+mode, local steps), same rounds and FedAvg, evaluation of the global model on the test set after
+every round on both sides. Flower runs ``flwr.simulation.run_simulation`` with its Ray backend
+(flwr is a bench extra, never a runtime dependency). EdgeVeil's run goes through its full
+encode → sign → verify → decode → admit path with int8 updates; Flower ships float32 arrays.
+
+Usage: python bench/flower_compare.py --rounds 10 --out bench/results/flower_compare.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.dp import noise_multiplier_for_budget
+from pipeline.simulation import common_batch_sizes, simulate
+from pipeline.tasks import get_task
+from pipeline.weights import get_weights, set_weights
+
+_TASK: Any = None
+_FLOWER_LOG: dict[str, Any] = {"accuracy": []}
+
+
+def _task(nodes: int, seed: int) -> Any:
+    global _TASK
+    if _TASK is None:
+        _TASK = get_task("fashion-mnist", num_nodes=nodes, seed=seed)
+    return _TASK
+
+
+def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
+               names: list[str]) -> dict[str, Any]:
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.common import Context, ndarrays_to_parameters
+    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.simulation import run_simulation
+    from opacus import PrivacyEngine
+
+    nodes, seed, lr, steps = args.nodes, args.seed, args.lr, args.local_steps
+    threads = args.flower_client_threads
+
+    class DPClient(NumPyClient):  # type: ignore[misc]
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]
+                ) -> tuple[list[np.ndarray], int, dict[str, float]]:
+            torch.set_num_threads(threads)
+            task = _task(nodes, seed)
+            nid = task.node_ids()[self.pid]
+            data = task.train_data(nid)
+            model = task.build_model()
+            set_weights(model, dict(zip(names, parameters, strict=True)))
+            cfg = task.train_config
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                engine = PrivacyEngine(accountant="prv")
+                m, opt, loader = engine.make_private(
+                    module=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+                    data_loader=DataLoader(data, batch_size=batches[self.pid]),
+                    noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
+                    grad_sample_mode=cfg.grad_sample_mode)
+                loss_fn = task.loss_fn()
+                done = 0
+                while done < steps:
+                    for x, y in loader:
+                        opt.zero_grad()
+                        loss = loss_fn(m(x), y) if len(y) else m(x).sum() * 0.0
+                        loss.backward()
+                        opt.step()
+                        done += 1
+                        if done == steps:
+                            break
+            w = get_weights(model)
+            return [w[k] for k in names], len(data), {}
+
+    def client_fn(context: Context) -> Any:
+        return DPClient(int(context.node_config["partition-id"])).to_client()
+
+    def server_fn(context: Context) -> Any:
+        task = _task(nodes, seed)
+        torch.manual_seed(seed)
+        init = get_weights(task.build_model())
+        eval_model = task.build_model()
+
+        def evaluate(server_round: int, parameters: list[np.ndarray], config: dict[str, Any]
+                     ) -> tuple[float, dict[str, float]]:
+            set_weights(eval_model, dict(zip(names, parameters, strict=True)))
+            m = task.evaluate(eval_model)
+            _FLOWER_LOG["accuracy"].append(m["accuracy"])
+            return m["loss"], {"accuracy": m["accuracy"]}
+
+        strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=nodes,
+                          min_available_clients=nodes, min_evaluate_clients=0,
+                          evaluate_fn=evaluate,
+                          initial_parameters=ndarrays_to_parameters([init[k] for k in names]))
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=args.rounds))
+
+    t0 = time.perf_counter()
+    run_simulation(server_app=ServerApp(server_fn=server_fn),
+                   client_app=ClientApp(client_fn=client_fn), num_supernodes=nodes,
+                   backend_name="ray",
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": args.flower_cpus,
+                                                 "include_dashboard": False}})
+    seconds = time.perf_counter() - t0
+    acc = _FLOWER_LOG["accuracy"]
+    return {"accuracy": acc[-1] if acc else None,
+            "accuracy_per_round": [round(a, 4) for a in acc[1:]],
+            "seconds": round(seconds, 1), "backend": "ray",
+            "ray_cpus": args.flower_cpus, "client_threads": threads}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--local-steps", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--epsilon", type=float, default=3.0)
+    ap.add_argument("--delta", type=float, default=1e-5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for EdgeVeil")
+    ap.add_argument("--flower-cpus", type=int, default=2, help="CPUs given to Ray")
+    ap.add_argument("--flower-client-threads", type=int, default=1)
+    ap.add_argument("--runs", default="edgeveil,flower")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/flower_compare.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)
+    torch.set_num_threads(args.threads)
+    task = _task(args.nodes, args.seed)
+    if args.lr is None:
+        args.lr = task.train_config.lr
+    ids = task.node_ids()
+    batches = common_batch_sizes([len(task.train_data(n)) for n in ids],
+                                 batch_size=args.batch_size)
+    q = 1.0 / len(DataLoader(task.train_data(ids[0]), batch_size=batches[0]))
+    sigma = noise_multiplier_for_budget(epsilon=args.epsilon, delta=args.delta, sample_rate=q,
+                                        steps=args.rounds * args.local_steps, accountant="prv")
+    torch.manual_seed(args.seed)
+    names = list(get_weights(task.build_model()))
+    out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v)
+                                      for k, v in vars(args).items()},
+                           "noise_multiplier": sigma, "sample_rate": q, "results": {}}
+    for run in args.runs.split(","):
+        if run == "edgeveil":
+            sim = simulate(task=task, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
+                           seed=args.seed, local_steps=args.local_steps,
+                           batch_size=args.batch_size, lr=args.lr, noise_multiplier=sigma)
+            out["results"]["edgeveil"] = {
+                "accuracy": sim.final_metrics["accuracy"],
+                "accuracy_per_round": [round(r.metric, 4) for r in sim.rounds],
+                "epsilon_max": max(sim.epsilons.values()), "seconds": round(sim.seconds, 1),
+                "bytes_per_update": sim.rounds[-1].bytes_per_update}
+        elif run == "flower":
+            try:
+                import flwr
+
+                out["flwr_version"] = flwr.__version__
+                out["results"]["flower"] = run_flower(args, sigma=sigma, batches=batches,
+                                                      names=names)
+            except Exception as exc:  # noqa: BLE001 - report why Flower could not run here
+                out["results"]["flower"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    r = out["results"]
+    if r.get("flower", {}).get("seconds") and "edgeveil" in r:
+        out["time_ratio_edgeveil_over_flower"] = r["edgeveil"]["seconds"] / r["flower"]["seconds"]
+        out["accuracy_diff_points"] = 100 * (r["edgeveil"]["accuracy"] - r["flower"]["accuracy"])
+    args.out.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    os._exit(0)  # Ray may leave non-daemon threads behind
+
+
+if __name__ == "__main__":
+    main()
