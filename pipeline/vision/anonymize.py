@@ -72,7 +72,7 @@ class ClassPolicy:
 
 Policy = Mapping[ObjectClass, ClassPolicy]
 
-_DEFAULT_MARGIN = {ObjectClass.FACE: 0.3, ObjectClass.HEAD: 0.2, ObjectClass.PERSON: 0.08,
+_DEFAULT_MARGIN = {ObjectClass.FACE: 0.3, ObjectClass.HEAD: 0.4, ObjectClass.PERSON: 0.08,
                    ObjectClass.TEXT: 0.1}
 
 
