@@ -73,7 +73,7 @@ class ClassPolicy:
 Policy = Mapping[ObjectClass, ClassPolicy]
 
 _DEFAULT_MARGIN = {ObjectClass.FACE: 0.3, ObjectClass.HEAD: 0.4, ObjectClass.PERSON: 0.08,
-                   ObjectClass.TEXT: 0.1}
+                   ObjectClass.TEXT: 0.2}
 
 
 def default_policy(mode: AnonymizeMode = AnonymizeMode.BLUR,

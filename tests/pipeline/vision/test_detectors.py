@@ -78,6 +78,10 @@ def test_text_detector_finds_the_plate() -> None:
     assert len(d) >= 1 and d.boxes.shape[1] == 4
     assert set(d.classes.tolist()) == {int(ObjectClass.TEXT)}
     assert np.all(d.boxes[:, 2] > d.boxes[:, 0]) and np.all(d.boxes[:, 3] > d.boxes[:, 1])
+    # the (motion-blurred) plate's characters are around x 240-350, y 240-270
+    b = d.boxes
+    inside = (b[:, 0] <= 250) & (b[:, 2] >= 340) & (b[:, 1] <= 245) & (b[:, 3] >= 262)
+    assert inside.any(), b
 
 
 def test_people_on_vtest_are_covered(vtest_frames: list[np.ndarray]) -> None:
