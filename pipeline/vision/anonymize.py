@@ -101,10 +101,10 @@ def _hide(roi: npt.NDArray[np.uint8], mode: AnonymizeMode) -> npt.NDArray[np.uin
         cell = max(2, max(h, w) // 4)
         small = cv2.resize(roi, (max(1, w // cell), max(1, h // cell)),
                            interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST), np.uint8)
     k = max(3, max(h, w) // 2) | 1
     out = cv2.blur(roi, (k, k), borderType=cv2.BORDER_REFLECT)
-    return cv2.blur(out, (k, k), borderType=cv2.BORDER_REFLECT)
+    return np.asarray(cv2.blur(out, (k, k), borderType=cv2.BORDER_REFLECT), np.uint8)
 
 
 def anonymize_image(image: npt.NDArray[np.uint8], detections: Detections, policy: Policy,
@@ -202,5 +202,5 @@ def anonymize_full(frame: Frame, mode: AnonymizeMode = AnonymizeMode.PIXELATE,
     else:
         small = cv2.resize(img, (max(1, w // 32), max(1, h // 32)), interpolation=cv2.INTER_AREA)
         interp = cv2.INTER_NEAREST if mode is AnonymizeMode.PIXELATE else cv2.INTER_LINEAR
-        out = cv2.resize(small, (w, h), interpolation=interp)
+        out = np.asarray(cv2.resize(small, (w, h), interpolation=interp), np.uint8)
     return frame.with_image(out, anonymized=True, **metadata)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -61,12 +61,12 @@ class FrameSource(Protocol):
         ...
 
 
-def _as_bgr(img: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+def _as_bgr(img: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     if img.ndim == 2:
-        return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
-    if img.shape[2] == 4:
-        return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGRA2BGR))
-    return img
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(img, dtype=np.uint8)
 
 
 class _Sampler:

@@ -158,7 +158,7 @@ class Detections:
     def count_by_class(self) -> dict[str, int]:
         """``{"face": 2, ...}`` for the classes present."""
         vals, counts = np.unique(self.classes, return_counts=True)
-        return {ObjectClass(int(v)).name.lower(): int(c) for v, c in zip(vals, counts)}
+        return {ObjectClass(int(v)).name.lower(): int(c) for v, c in zip(vals, counts, strict=True)}
 
 
 @runtime_checkable

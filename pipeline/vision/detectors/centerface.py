@@ -199,6 +199,6 @@ class CenterFaceDetector:
 
     def __call__(self, frame: Frame) -> Detections:
         """Face boxes in ``frame`` (BGR in, converted to RGB for the model)."""
-        rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+        rgb = np.asarray(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), np.uint8)
         dets = self.raw(rgb)
         return Detections.from_lists(dets[:, :4], dets[:, 4], ObjectClass.FACE)

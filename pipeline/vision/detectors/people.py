@@ -78,7 +78,8 @@ class HogPeopleDetector:
         self.win_stride = win_stride
         self.scale = scale
         self._hog = cv2.HOGDescriptor()
-        self._hog.setSVMDetector(cv2.HOGDescriptor.getDefaultPeopleDetector())
+        self._hog.setSVMDetector(
+            np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
 
     def detect_image(self, image: npt.NDArray[np.uint8]) -> Detections:
         """Person boxes in a BGR image (no frame bookkeeping)."""
@@ -122,8 +123,9 @@ def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return (inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)).astype(
-        np.float32)
+    iou: npt.NDArray[np.float32] = (
+        inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)).astype(np.float32)
+    return iou
 
 
 class MotionPeopleDetector:
@@ -198,7 +200,7 @@ class MotionPeopleDetector:
         _, mask = cv2.threshold(raw, 200, 255, cv2.THRESH_BINARY)  # drop shadows (127)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
-        return mask
+        return np.asarray(mask, np.uint8)
 
     def _blobs(self, mask: npt.NDArray[np.uint8], shape: tuple[int, int]) -> npt.NDArray[
             np.float32]:

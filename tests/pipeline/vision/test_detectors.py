@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.assets import locate
 from pipeline.vision import (
+    AnonymizeMode,
     CenterFaceDetector,
     Detections,
     Frame,
@@ -16,7 +17,6 @@ from pipeline.vision import (
     TextDetector,
     anonymize,
     default_policy,
-    AnonymizeMode,
     parse_classes,
 )
 from pipeline.vision.evaluation import changed_mask, head_coverage, load_head_annotations

@@ -97,7 +97,7 @@ def test_live_mjpeg_stream_reconnects_after_drop(mjpeg_server) -> None:  # type:
     assert len(frames) == 12
     assert src.reconnects >= 1 and mjpeg_server.connections >= 2
     assert frames[0].size == (192, 144)
-    assert all(a.seq < b.seq for a, b in zip(frames, frames[1:]))
+    assert all(a.seq < b.seq for a, b in zip(frames, frames[1:], strict=False))
 
 
 def test_live_source_drops_oldest_when_consumer_is_slow(mjpeg_server) -> None:  # type: ignore[no-untyped-def]
