@@ -27,6 +27,7 @@ from pipeline.vision.anonymize import (
     default_policy,
 )
 from pipeline.vision.detectors import (
+    Background,
     CenterFaceDetector,
     Detections,
     Detector,
@@ -64,7 +65,7 @@ from pipeline.vision.sources import (
 )
 
 __all__ = [
-    "AnonymizeMode", "CenterFaceDetector", "ClassPolicy", "CountRollup", "Detections", "Detector",
+    "AnonymizeMode", "Background", "CenterFaceDetector", "ClassPolicy", "CountRollup", "Detections", "Detector",
     "DetectorError", "DetectorTimeoutError", "EnsembleDetector", "Every", "FailClosedAnonymizer",
     "FailClosedStats", "Frame", "FrameCounts", "FrameSink", "FrameSource", "HogPeopleDetector",
     "ImageFolderSink", "ImageFolderSource", "IntervalCounts", "ListSink", "LiveSource",

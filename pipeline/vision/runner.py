@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.vision.analytics import CountRollup, FrameCounts, IntervalCounts
 from pipeline.vision.detectors.base import Detector, ObjectClass
 from pipeline.vision.detectors.centerface import CenterFaceDetector
-from pipeline.vision.detectors.ensemble import EnsembleDetector, Every
+from pipeline.vision.detectors.ensemble import Background, EnsembleDetector, Every
 from pipeline.vision.detectors.people import MotionPeopleDetector
 from pipeline.vision.detectors.text import TextDetector
 from pipeline.vision.exceptions import SourceError
@@ -37,12 +37,15 @@ _END = object()
 def default_detector(classes: Iterable[ObjectClass] | None = None, *,
                      providers: Sequence[str] | None = ("CPUExecutionProvider",),
                      threads: int | None = None, face_every: int = 10,
-                     text_every: int = 10, still_image: bool = False) -> EnsembleDetector:
+                     text_every: int = 10, still_image: bool = False,
+                     background: bool = True) -> EnsembleDetector:
     """The detector EdgeVeil uses for ``classes`` (all by default).
 
     PERSON/HEAD: :class:`MotionPeopleDetector` on every frame (skipped for ``still_image``).
-    FACE: CenterFace at half resolution every ``face_every`` frames (full resolution and every
-    frame for ``still_image``). TEXT: PP-OCR det every ``text_every`` frames.
+    FACE: CenterFace at half resolution, in a background thread on the newest frame whenever it
+    is idle (``background=True``), else every ``face_every`` frames. TEXT: PP-OCR det likewise
+    (background, else every ``text_every`` frames). For ``still_image`` every detector runs on
+    every image at full resolution.
 
     Examples
     --------
@@ -51,17 +54,27 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     'ensemble(motion-people)'
     """
     cls = frozenset(ObjectClass) if classes is None else frozenset(classes)
-    parts: list[Detector | Every] = []
+    parts: list[Detector | Every | Background] = []
     if cls & {ObjectClass.PERSON, ObjectClass.HEAD} and not still_image:
         parts.append(MotionPeopleDetector())
     if ObjectClass.FACE in cls:
-        face = CenterFaceDetector(providers=providers, threads=threads,
+        face = CenterFaceDetector(providers=providers,
+                                  threads=threads if threads is not None or still_image else 1,
                                   input_size=None if still_image else (384, 288))
-        parts.append(face if still_image else Every(face, k=face_every, offset=1))
+        if still_image:
+            parts.append(face)
+        else:
+            parts.append(Background(face, min_every=face_every) if background
+                         else Every(face, k=face_every, offset=1))
     if ObjectClass.TEXT in cls:
-        text = TextDetector(providers=providers, threads=threads)
-        parts.append(text if still_image else Every(text, k=text_every,
-                                                    offset=min(3, text_every - 1)))
+        text = TextDetector(providers=providers,
+                            threads=threads if threads is not None or still_image else 1)
+        if still_image:
+            parts.append(text)
+        elif background:
+            parts.append(Background(text, min_every=text_every))
+        else:
+            parts.append(Every(text, k=text_every, offset=min(3, text_every - 1)))
     if not parts:
         raise ValueError(f"no detector for classes {sorted(c.name for c in cls)}")
     return EnsembleDetector(parts)

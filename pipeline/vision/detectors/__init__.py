@@ -9,11 +9,12 @@ from pipeline.vision.detectors.base import (
     parse_classes,
 )
 from pipeline.vision.detectors.centerface import CenterFaceDetector, load_centerface_model
-from pipeline.vision.detectors.ensemble import EnsembleDetector, Every
+from pipeline.vision.detectors.ensemble import Background, EnsembleDetector, Every
 from pipeline.vision.detectors.people import HogPeopleDetector, MotionPeopleDetector, head_boxes
 from pipeline.vision.detectors.text import TextDetector
 
 __all__ = [
+    "Background",
     "CenterFaceDetector",
     "Detections",
     "Detector",

@@ -9,6 +9,7 @@ the frame).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pipeline.vision.detectors.base import Detections, Detector
 if TYPE_CHECKING:
     from pipeline.vision.frames import Frame
 
-__all__ = ["Every", "EnsembleDetector"]
+__all__ = ["Every", "Background", "EnsembleDetector"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,67 @@ class Every:
         if self.k < 1 or not 0 <= self.offset < self.k:
             raise ValueError(f"need k >= 1 and 0 <= offset < k, got k={self.k}, "
                              f"offset={self.offset}")
+
+
+class Background:
+    """Run ``detector`` in its own thread on the newest frame whenever it is idle.
+
+    A new run starts at most every ``min_every`` frames. The ensemble never waits for it (except on the very first frame, so the stream never starts
+    without its boxes): each frame gets its latest finished result, grown by
+    ``grow_per_frame`` per frame of age. ONNX Runtime releases the GIL, so on a 2-core CPU a slow
+    face or text model runs beside the per-frame work instead of stalling it. An exception in
+    the thread is re-raised on the next call (and the frame fails closed).
+    """
+
+    def __init__(self, detector: Detector, *, min_every: int = 1,
+                 grow_per_frame: float = 0.05) -> None:
+        if min_every < 1:
+            raise ValueError(f"min_every must be >= 1, got {min_every}")
+        self.detector = detector
+        self.min_every = min_every
+        self._started_n = 0
+        self.name = detector.name
+        self.grow_per_frame = grow_per_frame
+        self._lock = threading.Lock()
+        self._busy = False
+        self._last = Detections.empty()
+        self._last_n = 0
+        self._error: BaseException | None = None
+        self.runs = 0
+        self.seconds = 0.0
+
+    def _work(self, frame: Frame, n: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            d = self.detector(frame)
+            with self._lock:
+                self._last, self._last_n = d, n
+        except BaseException as exc:  # re-raised in the caller's thread
+            with self._lock:
+                self._error = exc
+        finally:
+            with self._lock:
+                self._busy = False
+                self.runs += 1
+                self.seconds += time.perf_counter() - t0
+
+    def result(self, frame: Frame, n: int) -> Detections:
+        """Boxes for frame number ``n``; starts a new run if the thread is idle."""
+        if n == 0:
+            self._work(frame, 0)
+        with self._lock:
+            if self._error is not None:
+                err, self._error = self._error, None
+                raise err
+            start = not self._busy and n > 0 and n - self._started_n >= self.min_every
+            if start:
+                self._busy = True
+                self._started_n = n
+            last, age = self._last, n - self._last_n
+        if start:
+            threading.Thread(target=self._work, args=(frame, n), daemon=True,
+                             name=f"bg-{self.name}").start()
+        return _grown(last, self.grow_per_frame * age)
 
 
 def _grown(d: Detections, frac: float) -> Detections:
@@ -81,13 +143,24 @@ class EnsembleDetector:
     'ensemble(motion-people)'
     """
 
-    def __init__(self, parts: Sequence[Detector | Every]) -> None:
+    def __init__(self, parts: Sequence[Detector | Every | Background]) -> None:
         if not parts:
             raise ValueError("EnsembleDetector needs at least one detector")
-        self.parts = [p if isinstance(p, Every) else Every(p) for p in parts]
-        self.name = "ensemble(" + ",".join(p.detector.name for p in self.parts) + ")"
-        self.timings: dict[str, list[float]] = {p.detector.name: [0.0, 0] for p in self.parts}
+        self.background = [p for p in parts if isinstance(p, Background)]
+        self.parts = [p if isinstance(p, Every) else Every(p) for p in parts
+                      if not isinstance(p, Background)]
+        names = [p.detector.name for p in self.parts] + [b.name for b in self.background]
+        self.name = "ensemble(" + ",".join(names) + ")"
+        self._timings: dict[str, list[float]] = {p.detector.name: [0.0, 0] for p in self.parts}
         self._n = 0
+
+    @property
+    def timings(self) -> dict[str, list[float]]:
+        """Cumulative ``[seconds, calls]`` per part (background parts run in their thread)."""
+        t = dict(self._timings)
+        for b in self.background:
+            t[b.name] = [b.seconds, b.runs]
+        return t
 
     def __call__(self, frame: Frame) -> Detections:
         """All parts' boxes for ``frame`` (fresh or carried forward)."""
@@ -96,7 +169,7 @@ class EnsembleDetector:
             if self._n % p.k == p.offset or self._n == 0:
                 t0 = time.perf_counter()
                 p._last = p.detector(frame)
-                tm = self.timings[p.detector.name]
+                tm = self._timings[p.detector.name]
                 tm[0] += time.perf_counter() - t0
                 tm[1] += 1
                 p._age = 0
@@ -104,6 +177,7 @@ class EnsembleDetector:
             else:
                 p._age += 1
                 out.append(_grown(p._last, p.grow_per_frame * p._age))
+        out.extend(b.result(frame, self._n) for b in self.background)
         self._n += 1
         d = Detections.concat(out)
         if len(d):
