@@ -28,7 +28,7 @@ from typing import Any
 
 from agents import federation
 from agents.app import make_app
-from agents.topics import ANALYTICS, DLQ, MODELS, TELEMETRY, UPDATES
+from agents.topics import ANALYTICS, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
 from pipeline.codec import CodecError
 from pipeline.global_model import decode_global_model
 from pipeline.hotswap import ModelLoadError, OnnxModelSlot
@@ -48,6 +48,9 @@ analytics_topic = app.topic(ANALYTICS.name, key_type=bytes, value_type=bytes,
 telemetry_topic = app.topic(TELEMETRY.name, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw",
                             partitions=TELEMETRY.partitions)
+frames_topic = app.topic(FRAMES_ANONYMIZED.name, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw",
+                         partitions=FRAMES_ANONYMIZED.partitions)
 dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", partitions=DLQ.partitions)
 
@@ -118,6 +121,20 @@ class _Edge:
         self.exhausted: set[str] = set()
         self.published = self._load_published()
         self.epsilon = {n: float(node.ledger.epsilon()) for n, node in self.nodes.items()}
+        self.camera: Any = None
+        self.camera_node = os.environ.get("EDGEVEIL_CAMERA_NODE", "")
+        uri = os.environ.get("EDGEVEIL_CAMERA")
+        if uri and self.camera_node in self.nodes:
+            from pipeline.edge_camera import CameraLoop
+
+            self.camera = CameraLoop(
+                int(uri) if uri.isdigit() else uri,
+                interval_s=float(os.environ.get("EDGEVEIL_CAMERA_INTERVAL_S", "10")),
+                target_fps=float(os.environ.get("EDGEVEIL_CAMERA_FPS", "5")),
+                series_csv=self.root / "series" / f"{self.camera_node}.csv",
+                preview_every_s=float(os.environ.get("EDGEVEIL_PREVIEW_EVERY_S", "10")))
+            self.camera.start()
+            log.info("camera %s feeds node %s", uri, self.camera_node)
         log.info("edge worker serves %d nodes: %s", len(self.nodes), ", ".join(self.node_ids))
 
     # the last round each node published, so a restarted worker does not train a round twice
@@ -224,7 +241,7 @@ async def on_model(stream):  # type: ignore[no-untyped-def]
 
 @app.timer(interval=2.0)
 async def heartbeat() -> None:
-    """One telemetry record per node every 2 s."""
+    """One telemetry record per node every 2 s; the camera's counts and previews."""
     if _edge is None:
         return
     import psutil
@@ -232,8 +249,22 @@ async def heartbeat() -> None:
     proc = psutil.Process()
     cpu = proc.cpu_percent(None)
     rss = proc.memory_info().rss
+    cam = _edge.camera
+    cam_stats = cam.stats() if cam is not None else None
+    if cam is not None:
+        for iv in cam.drain_intervals():
+            rec = AnalyticsRecord(node_id=_edge.camera_node, interval_start=iv.start,
+                                  interval_seconds=iv.seconds,
+                                  counts={"person": int(round(iv.mean.get("person", 0.0)))},
+                                  model_version=_edge.slot.version)
+            await analytics_topic.send(key=_edge.camera_node.encode(), value=rec.encode())
+        for jpeg in cam.drain_previews():  # anonymized frames only (CameraLoop refuses raw)
+            await frames_topic.send(key=_edge.camera_node.encode(), value=jpeg)
     for node_id in _edge.nodes:
-        t = Telemetry(node_id=node_id, fps=0.0, frames_in=0, fail_closed=0,
+        on_cam = cam_stats is not None and node_id == _edge.camera_node
+        t = Telemetry(node_id=node_id, fps=cam_stats.fps if on_cam else 0.0,
+                      frames_in=cam_stats.frames_in if on_cam else 0,
+                      fail_closed=cam_stats.fail_closed if on_cam else 0,
                       epsilon=_edge.epsilon[node_id], cpu_percent=cpu, rss_bytes=rss,
                       model_version=_edge.slot.version if _edge.slot.version is not None else -1)
         await telemetry_topic.send(key=node_id.encode(), value=t.encode())

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, kafka_broker: str) -> tuple[Path, dict, str]:
+def demo_run(tmp_path_factory, kafka_broker: str) -> tuple[Path, dict, str, bool]:
     from tests.kafka_helpers import delete_federation_topics
 
     delete_federation_topics(kafka_broker)
@@ -27,11 +27,11 @@ def demo_run(tmp_path_factory, kafka_broker: str) -> tuple[Path, dict, str]:
         camera = default_camera()
     summary = run_demo(out_dir=out, rounds=2, nodes=3, edge_workers=1, camera=camera,
                        bootstrap_servers=kafka_broker, timeout_s=300)
-    return out, summary, kafka_broker
+    return out, summary, kafka_broker, camera is not None
 
 
 def test_demo_completes_rounds_and_writes_the_report(demo_run) -> None:
-    out, summary, _ = demo_run
+    out, summary, _, camera = demo_run
     assert summary["completed_rounds"] == 2
     assert summary["dlq"] == []
     mae = summary["mae_by_version"]
@@ -39,6 +39,10 @@ def test_demo_completes_rounds_and_writes_the_report(demo_run) -> None:
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert len(list((out / "run" / "models").glob("v*.evm"))) == 3
+    if camera:  # the camera node published anonymized previews and its local series exists
+        assert summary["anonymized_previews"] >= 1
+        assert "Anonymized camera previews" in html
+        assert list((out / "run" / "series").glob("*.csv"))
 
 
 def test_egress_audit_no_topic_carries_raw_pixels(demo_run) -> None:
@@ -47,7 +51,7 @@ def test_egress_audit_no_topic_carries_raw_pixels(demo_run) -> None:
 
     from pipeline.audit import audit_payload
 
-    _, _, broker = demo_run
+    _, _, broker, camera = demo_run
     admin = KafkaAdminClient(bootstrap_servers=broker)
     topics = sorted(t for t in admin.list_topics() if not t.startswith("__"))
     admin.close()
@@ -68,13 +72,15 @@ def test_egress_audit_no_topic_carries_raw_pixels(demo_run) -> None:
     consumer.close()
     assert seen > 20
     assert not bad, bad[:5]
+    if camera:
+        assert images >= 1, "the previews should have been audited"
 
 
 def test_notebook_runs_headless_against_the_run(demo_run, monkeypatch) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    out, _, broker = demo_run
+    out, _, broker, _ = demo_run
     monkeypatch.setenv("EDGEVEIL_RUN_DIR", str(out / "run"))
     monkeypatch.setenv("EDGEVEIL_BOOTSTRAP_SERVERS", broker)  # models read from Kafka
     monkeypatch.setenv("EDGEVEIL_NB_LOCAL_NODES", "2")
