@@ -8,7 +8,8 @@ Measured, all on the same first ``--frames`` frames of vtest.avi at native size 
   threshold 0.2, mask scale 1.3, ellipse blur) with the same decoder and encoder, once per
   backend (``onnxrt``, ``opencv``); the faster one is the anchor;
 * head coverage on the hand-annotated frames of ``tests/data/vision/vtest_heads.json`` (see
-  ``pipeline.vision.evaluation``), both methods in solid-mask mode.
+  ``pipeline.vision.evaluation``), both methods in solid-mask mode on black-lifted frames,
+  detection on the original frames.
 
 Usage: ``python bench/anonymize.py [--frames 300]``
 """
@@ -39,7 +40,7 @@ from pipeline.vision import (
     parse_classes,
     run,
 )
-from pipeline.vision.evaluation import load_head_annotations, score_frames
+from pipeline.vision.evaluation import lift_black, load_head_annotations, score_frames
 
 ANNOTATIONS = Path(__file__).resolve().parents[1] / "tests/data/vision/vtest_heads.json"
 
@@ -108,15 +109,17 @@ def coverage(path: str, classes: str) -> dict[str, object]:
     for f in VideoFileSource(path, max_frames=max(ann.frames) + 1):
         d = det(f)
         if f.seq in ann.frames:
-            ours[f.seq] = (f.image, anonymize(f, d, pol).image)
+            lifted = lift_black(f.image)
+            ours[f.seq] = (lifted, anonymize(f.with_image(lifted, anonymized=False), d, pol).image)
             raw[f.seq] = f.image
     with contextlib.redirect_stdout(io.StringIO()):
         cf = CenterFace(backend="onnxrt")
     theirs = {}
     for i, bgr in raw.items():
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        out = rgb.copy()
         dets, _ = cf(rgb, threshold=0.2)
+        rgb = lift_black(rgb)
+        out = rgb.copy()
         anonymize_frame(dets, out, mask_scale=1.3, replacewith="solid", ellipse=True,
                         draw_scores=False, replaceimg=None, mosaicsize=20)
         theirs[i] = (rgb, out)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["HeadAnnotations", "load_head_annotations", "changed_mask", "head_coverage",
+__all__ = ["lift_black", "HeadAnnotations", "load_head_annotations", "changed_mask", "head_coverage",
            "far_from_people_mask", "CoverageScore", "score_frames"]
 
 
@@ -36,6 +36,11 @@ def load_head_annotations(path: str | Path) -> HeadAnnotations:
         video=str(raw["video"]),
         frames={int(k): np.asarray(v, np.int32).reshape(-1, 4) for k, v in raw["frames"].items()},
     )
+
+
+def lift_black(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A copy with every channel value 0 raised to 1, so a black fill always changes a pixel."""
+    return np.maximum(image, 1)
 
 
 def changed_mask(original: npt.NDArray[np.uint8],

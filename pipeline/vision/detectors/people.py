@@ -141,8 +141,8 @@ class MotionPeopleDetector:
         MOG2 parameters (frames of history, squared Mahalanobis threshold).
     min_area
         Smallest blob kept, in full-resolution pixels.
-    pad
-        Fraction of the box size added on each side of a blob box.
+    pad, pad_top
+        Fraction of the blob box size added on the sides/bottom, and on top.
     hold_frames
         Frames a track stays (and is reported) after its last blob.
     head_fraction
@@ -162,6 +162,7 @@ class MotionPeopleDetector:
 
     def __init__(self, *, work_scale: float = 0.5, history: int = 500,
                  var_threshold: float = 16.0, min_area: int = 120, pad: float = 0.12,
+                 pad_top: float = 0.12,
                  hold_frames: int = 25, head_fraction: float = 0.25,
                  hog: HogPeopleDetector | None = None, hog_every: int = 0) -> None:
         if not 0.05 <= work_scale <= 1.0:
@@ -171,6 +172,7 @@ class MotionPeopleDetector:
         self.work_scale = work_scale
         self.min_area = min_area
         self.pad = pad
+        self.pad_top = pad_top
         self.hold_frames = hold_frames
         self.head_fraction = head_fraction
         self.hog = hog
@@ -214,7 +216,8 @@ class MotionPeopleDetector:
         x, y = st[:, cv2.CC_STAT_LEFT] / s, st[:, cv2.CC_STAT_TOP] / s
         bw, bh = st[:, cv2.CC_STAT_WIDTH] / s, st[:, cv2.CC_STAT_HEIGHT] / s
         px, py = bw * self.pad + 2, bh * self.pad + 2
-        boxes = np.stack([x - px, y - py, x + bw + px, y + bh + py], axis=1)
+        top = bh * self.pad_top + 2  # blob tops often miss hair that matches the background
+        boxes = np.stack([x - px, y - top, x + bw + px, y + bh + py], axis=1)
         hgt, wid = shape
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, wid)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, hgt)
