@@ -73,15 +73,18 @@ class _Runtime:
                                max_staleness=self.cfg.max_staleness),
         )
         self.loaded = False
+        self.weights: dict[str, Any] | None = None  # the last published weights, decoded once
         self.lock = asyncio.Lock()
         self._decode = decode_global_model
         self._np = np
 
     def current_weights(self) -> dict[str, Any]:
-        blob = global_table.get(self.cfg.task)
-        if blob is None:
-            return dict(self.initial_weights)
-        return dict(self._decode(blob, public_key=self.public_key).weights)
+        if self.weights is None:
+            blob = global_table.get(self.cfg.task)
+            if blob is None:
+                return dict(self.initial_weights)
+            self.weights = dict(self._decode(blob, public_key=self.public_key).weights)
+        return dict(self.weights)
 
 
 _rt: _Runtime | None = None
@@ -125,17 +128,34 @@ def _ready() -> bool:
                 and app.consumer.assignment())
 
 
-async def _load_state(rt: _Runtime) -> None:
-    if rt.loaded:
-        return
-    # use_partitioner tables hash keys with the producer's metadata, which aiokafka only
-    # fetches for topics it was asked about: fetch it for the changelogs first
+async def _changelog_metadata() -> None:
+    """Make sure the producer knows the changelogs' partitions before a table write.
+
+    use_partitioner tables hash keys with the producer's metadata, which aiokafka only fetches for
+    topics it was asked about, and a metadata refresh while the broker is busy can drop a topic
+    again (a table write then raises TypeError and the agent crash-loops). partitions_for()
+    returns at once when the topic is known, and waits for its metadata otherwise.
+    """
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
     for table in (state_table, update_table, global_table):
         await producer.partitions_for(table.changelog_topic.get_topic_name())
+
+
+async def _load_state(rt: _Runtime) -> None:
+    await _changelog_metadata()
+    if rt.loaded:
+        return
     state = state_table.get(rt.cfg.task)
     if state is not None:
         rt.coordinator.load_state_dict(state)
+    # the state is saved when a round opens and closes, the bytes of every admitted update as it
+    # arrives: re-admitting the stored bytes gives back the open round exactly
+    prefix = f"{rt.cfg.task}|"
+    stored = {k: v for k, v in update_table.items()
+              if isinstance(k, str) and k.startswith(prefix) and v is not None}
+    for key in rt.coordinator.resume(stored, now=time.time()):
+        update_table.pop(key, None)
+    if state is not None or stored:
         log.info("resumed %s at version %d with %d buffered updates",
                  rt.cfg.task, rt.coordinator.version, len(rt.coordinator.buffer))
     if global_table.get(rt.cfg.task) is None:
@@ -157,7 +177,9 @@ async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
     onnx = await asyncio.to_thread(rt.export, weights)
     blob = encode_global_model(GlobalModel(header, weights, onnx), private_key=rt.private_key)
     await models_topic.send(key=rt.cfg.task.encode(), value=blob)
+    await _changelog_metadata()
     global_table[rt.cfg.task] = blob
+    rt.weights = dict(weights)
     try:
         (rt.root / "models" / f"v{version:04d}.evm").write_bytes(blob)
     except OSError as exc:  # the run dir copy is a convenience; Kafka holds the truth
@@ -172,9 +194,12 @@ async def _close_round(rt: _Runtime) -> None:
     stored = {k: v for k in coord.buffer if (v := update_table.get(k)) is not None}
     outcome = coord.aggregate(rt.current_weights(), stored)
     await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome)
-    for key in coord.commit(outcome):
-        update_table.pop(key, None)
+    await _changelog_metadata()  # no await between this and the table writes below
+    done = coord.commit(outcome)
+    # state first: if the deletions below are lost, resume() finds these keys in `recent`
     state_table[rt.cfg.task] = coord.state_dict()
+    for key in done:
+        update_table.pop(key, None)
 
 
 async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
@@ -206,7 +231,11 @@ async def aggregate(stream):  # type: ignore[no-untyped-def]
                 log.info("dropped redelivered update %s", offer.key)
                 continue
             update_table[offer.key] = data
-            state_table[rt.cfg.task] = rt.coordinator.state_dict()
+            if len(rt.coordinator.buffer) == 1:
+                # the round opened: save its opening time; later admissions are recovered from
+                # their bytes in update_table (RoundCoordinator.resume), so the per-update write
+                # stays one update's bytes instead of the whole, growing state
+                state_table[rt.cfg.task] = rt.coordinator.state_dict()
             log.info("admitted %s (staleness %d, %d buffered)", offer.key, offer.staleness,
                      len(rt.coordinator.buffer))
             if rt.coordinator.due(now=time.time()) and rt.coordinator.version < rt.cfg.rounds:

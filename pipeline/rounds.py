@@ -11,6 +11,15 @@ bytes is a :attr:`Offer.duplicate` and is dropped silently; different bytes for 
 ``(node, round)`` are a replay and rejected. Aggregation sorts the buffer by key, so the same
 updates always give bit-identical weights, whatever order or how many times they arrived.
 
+Cost per update (the aggregator's hot path): :meth:`RoundCoordinator.offer` decodes and verifies
+each update once and keeps the decoded update until the round closes; :meth:`aggregate` reuses it
+when the stored bytes hash to the admitted digest, and decodes (verifying again) only bytes it
+has not seen, e.g. after a restart. The strategy's state (which only :meth:`aggregate` changes) is
+converted to JSON once per round, not once per :meth:`state_dict` call. After a restart,
+:meth:`resume` re-admits the stored bytes of the open round, so a caller may persist
+:meth:`state_dict` once per round (when it opens and when it closes) and the update bytes once
+per update.
+
 Two modes:
 
 * ``sync`` — synchronous rounds: only updates trained on the current version are admitted; the
@@ -23,6 +32,7 @@ Two modes:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Offer", "RoundCoordinator", "RoundOutcome", "RoundPolicy", "update_key"]
 
 _STATE_KIND = "edgeveil.round_coordinator.v1"
+_UNSET: Any = object()
 
 
 def update_key(task: str, node_id: str, round_: int) -> str:
@@ -140,6 +151,9 @@ class RoundCoordinator:
         self.recent: dict[str, str] = {}
         self.recent_limit = 4096
         self.admission = UpdateAdmission(max_staleness=policy.staleness_limit)
+        # decoded (verified) updates of the open round, so aggregate() need not decode them again
+        self._decoded: dict[str, ModelUpdate] = {}
+        self._strategy_state: Any = _UNSET  # JSON form of the strategy's state, once per round
 
     # ------------------------------------------------------------------ admission
     def offer(self, data: bytes, *, now: float) -> Offer:
@@ -151,8 +165,6 @@ class RoundCoordinator:
             With ``reason`` for the DLQ: bad frame or signature, unknown node, wrong shapes,
             non-finite values, ``wrong_task``, ``replay``, ``stale``, ``future_version``.
         """
-        import hashlib
-
         from pipeline.codec import CodecError, ReplayError
 
         update = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
@@ -167,6 +179,7 @@ class RoundCoordinator:
             raise ReplayError("replay", f"node {update.node_id!r} round {update.round} already admitted with other bytes")
         staleness = self.admission.admit(update, current_version=self.version)
         self.buffer[key] = digest
+        self._decoded[key] = update
         if self.opened_at is None:
             self.opened_at = now
         return Offer(key, update, staleness)
@@ -174,6 +187,40 @@ class RoundCoordinator:
     def forget(self, key: str) -> None:
         """Drop a buffered key whose bytes the caller could not keep (it may be offered again)."""
         self.buffer.pop(key, None)
+        self._decoded.pop(key, None)
+
+    def resume(self, stored: Mapping[str, bytes], *, now: float) -> list[str]:
+        """Re-admit the stored bytes of the open round after :meth:`load_state_dict`.
+
+        Offers every entry of ``stored`` (update key -> bytes, as the caller kept them) in key
+        order, so a state saved when the round opened plus the bytes saved per update give back
+        the buffer and replay memory of before a crash. Returns the keys the caller should
+        delete: updates already aggregated into a published version, and bytes that no longer
+        pass admission (logged as a warning).
+
+        Examples
+        --------
+        >>> # coord.load_state_dict(saved); drop = coord.resume(kept_bytes, now=time.time())
+        """
+        from pipeline.codec import CodecError
+
+        drop: list[str] = []
+        for key in sorted(stored):
+            data = stored[key]
+            if self.recent.get(key) == hashlib.sha256(data).hexdigest():
+                drop.append(key)  # aggregated before the restart; its deletion was lost
+                continue
+            try:
+                offer = self.offer(data, now=now)
+            except CodecError as err:
+                log.warning("stored update %s is no longer admissible (%s); dropping it",
+                            key, err.reason)
+                drop.append(key)
+                continue
+            if offer.key != key:
+                log.warning("stored bytes under %s are update %s; dropping the copy", key, offer.key)
+                drop.append(key)
+        return drop
 
     # ------------------------------------------------------------------ closing
     def due(self, *, now: float) -> bool:
@@ -207,7 +254,11 @@ class RoundCoordinator:
             if data is None:
                 log.warning("buffered update %s has no stored bytes; dropping it", key)
                 continue
-            u = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
+            u = self._decoded.get(key)
+            if u is None or hashlib.sha256(data).hexdigest() != self.buffer[key]:
+                # not offered in this process (restart) or other bytes than offered: verify them
+                u = decode_update(data, keys=self.keys, expected=self.expected,
+                                  max_bytes=self.max_bytes)
             tau = max(0, self.version - u.base_version)
             results.append(ClientResult(node_id=u.node_id, delta=dict(u.delta),
                                         num_examples=u.num_examples, staleness=tau))
@@ -219,6 +270,7 @@ class RoundCoordinator:
                 metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * u.num_examples
                 metric_weights[name] = metric_weights.get(name, 0) + u.num_examples
         new = self.strategy.aggregate(global_weights, results)
+        self._strategy_state = _UNSET
         for name, arr in new.items():
             if not np.isfinite(arr).all():
                 raise ValueError(f"aggregate of tensor {name!r} is not finite")
@@ -239,15 +291,18 @@ class RoundCoordinator:
             del self.recent[next(iter(self.recent))]
         self.version = outcome.version
         self.buffer = {}
+        self._decoded = {}
         self.opened_at = None
         return done
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (for a changelog-backed table)."""
-        strategy_state = None
-        if hasattr(self.strategy, "state_dict"):
-            strategy_state = _jsonable(self.strategy.state_dict())
+        if self._strategy_state is _UNSET:
+            self._strategy_state = None
+            if hasattr(self.strategy, "state_dict"):
+                self._strategy_state = _jsonable(self.strategy.state_dict())
+        strategy_state = self._strategy_state
         return {
             "kind": _STATE_KIND, "task": self.task, "version": self.version,
             "opened_at": self.opened_at, "buffer": dict(self.buffer), "recent": dict(self.recent),
@@ -263,6 +318,8 @@ class RoundCoordinator:
         self.version = int(state["version"])
         self.opened_at = state["opened_at"]
         self.buffer = dict(state["buffer"])
+        self._decoded = {}
+        self._strategy_state = _UNSET
         self.recent = dict(state.get("recent", {}))
         self.admission.load_state_dict(state["admission"])
         if state.get("strategy") is not None and hasattr(self.strategy, "load_state_dict"):

@@ -146,3 +146,65 @@ def test_policy_validates() -> None:
         RoundPolicy(mode="eventually")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         RoundPolicy(quorum=2, min_quorum=3)
+
+
+def test_resume_from_the_opening_state_and_stored_bytes_is_exact(nodes) -> None:
+    blobs = {n: _update(nodes, n, value=float(i) + 0.5, n=5 + i) for i, n in enumerate(nodes)}
+    ref = _coord(nodes, quorum=4)
+    ref_stored = {ref.offer(b, now=0).key: b for b in blobs.values()}
+    want = ref.aggregate(GLOBAL, ref_stored)
+
+    c1 = _coord(nodes, quorum=4)
+    stored = {}
+    first = c1.offer(blobs["n0"], now=5.0)
+    stored[first.key] = blobs["n0"]
+    opened = json.loads(json.dumps(c1.state_dict()))  # saved when the round opened
+    for n in ("n1", "n2"):
+        stored[c1.offer(blobs[n], now=6.0).key] = blobs[n]
+    # crash: only the opening state and the bytes survive
+    c2 = _coord(nodes, quorum=4)
+    c2.load_state_dict(opened)
+    assert c2.resume(stored, now=99.0) == []
+    assert c2.buffer == c1.buffer and c2.opened_at == 5.0
+    assert c2.offer(blobs["n1"], now=99.0).duplicate  # redelivery after the restart
+    with pytest.raises(CodecError) as err:
+        c2.offer(_update(nodes, "n2", value=7.0), now=99.0)
+    assert err.value.reason == "replay"
+    stored[c2.offer(blobs["n3"], now=99.0).key] = blobs["n3"]
+    out = c2.aggregate(GLOBAL, stored)
+    np.testing.assert_array_equal(out.weights["w"], want.weights["w"])
+    assert out.participants == want.participants
+
+    # closed and saved, but the stored bytes were not deleted: resume says to delete them
+    c2.commit(out)
+    closed = json.loads(json.dumps(c2.state_dict()))
+    c3 = _coord(nodes, quorum=4)
+    c3.load_state_dict(closed)
+    assert sorted(c3.resume(stored, now=0)) == sorted(stored)
+    assert not c3.buffer
+
+
+def test_aggregate_verifies_bytes_that_differ_from_the_offered_ones(nodes) -> None:
+    c = _coord(nodes, quorum=1)
+    data = _update(nodes, "n0", value=2.0)
+    key = c.offer(data, now=0).key
+    bad = bytearray(data)
+    bad[-10] ^= 1  # not what was admitted: must be decoded and verified, not taken from cache
+    with pytest.raises(CodecError) as err:
+        c.aggregate(GLOBAL, {key: bytes(bad)})
+    assert err.value.reason == "bad_signature"
+    np.testing.assert_array_equal(c.aggregate(GLOBAL, {key: data}).weights["w"], [2.0, 2.0])
+
+
+def test_strategy_state_is_saved_after_aggregate_changes_it(nodes) -> None:
+    c = RoundCoordinator(task="t", keys=_keys(nodes), expected=EXPECTED,
+                         strategy=make_strategy("fedavgm", momentum=0.9),
+                         policy=RoundPolicy(quorum=1))
+    before = json.dumps(c.state_dict()["strategy"])
+    data = _update(nodes, "n0", value=1.0)
+    key = c.offer(data, now=0).key
+    assert json.dumps(c.state_dict()["strategy"]) == before  # offers leave the strategy alone
+    out = c.aggregate(GLOBAL, {key: data})
+    c.commit(out)
+    after = c.state_dict()["strategy"]
+    assert after != json.loads(before) and after["velocity"] is not None

@@ -40,3 +40,13 @@ def test_task_nodes_model_and_metrics():  # type: ignore[no-untyped-def]
     assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
     with pytest.raises(KeyError):
         task.train_data("nope")
+
+
+def test_hidden_option_sets_model_size():  # type: ignore[no-untyped-def]
+    small = get_task("fashion-mnist", num_nodes=2, max_train_per_node=8, max_test=8)
+    wide = get_task("fashion-mnist", num_nodes=2, max_train_per_node=8, max_test=8, hidden=64)
+    count = lambda t: sum(p.numel() for p in t.build_model().parameters())  # noqa: E731
+    assert count(small) == 55_434
+    assert count(wide) == 105_962  # ~100 k: the aggregator benchmarks' model
+    with pytest.raises(ValueError):
+        get_task("fashion-mnist", num_nodes=2, hidden=0)

@@ -1,0 +1,273 @@
+"""Benchmark: throughput of the real faust aggregator worker on ~100k-parameter int8 updates.
+
+Run ``python bench/aggregator_throughput.py [--updates N] [--buffer K]``; prints one JSON object
+to stdout (progress on stderr). It starts its own single-node Kafka on loopback, creates the
+topics and a federation run dir (task ``fashion-mnist`` with ``hidden=64``: 105,962 parameters),
+pre-produces ``N`` signed int8 updates to ``edgeveil.updates``, then starts
+``faust -A agents.aggregator worker`` and times it from the first admitted update to the last
+model publication (timestamps from the worker's own log lines).
+
+Mode: asynchronous FedBuff (``mode="async"``, ``buffer_size=K``, strategy ``fedbuff``). A
+synchronous round only admits updates trained on the current version, so a stream of
+pre-produced updates can fill one round at most, and one round of N updates would keep N
+updates in memory; FedBuff keeps admitting while publishing every K updates, which is the
+steady state whose rate matters.
+
+The anchor is the same machine running the same public pipeline code in-process, without
+Kafka, faust or ONNX export: :class:`pipeline.rounds.RoundCoordinator` offering and aggregating
+the very same frames (and ``decode_update`` alone).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from agents import federation  # noqa: E402
+from agents.kafka_harness import LocalKafka  # noqa: E402
+from agents.settings import load_settings  # noqa: E402
+from agents.topics import FEDERATION_TOPICS, MODELS, UPDATES, ensure_topics  # noqa: E402
+from agents.workers import FaustWorker  # noqa: E402
+from pipeline.codec import decode_update, encode_update  # noqa: E402
+from pipeline.global_model import decode_global_model  # noqa: E402
+from pipeline.rounds import RoundCoordinator, RoundPolicy  # noqa: E402
+from pipeline.strategies import make_strategy  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.weights import get_weights  # noqa: E402
+from schemas.update import ModelUpdate, PrivacyStamp  # noqa: E402
+
+TASK = "fashion-mnist"
+TASK_KWARGS = {"num_nodes": 2, "max_train_per_node": 8, "max_test": 8, "hidden": 64}
+TARGET = 500.0
+_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"[aggregator_throughput {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+def _on_sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _log_times(path: Path, marker: str) -> list[float]:
+    """Epoch seconds of the worker's log lines containing ``marker``."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if marker in line and (m := _STAMP.match(line)):
+            out.append(dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return out
+
+
+def _frames(root: Path, shapes: dict[str, tuple[int, ...]], nodes: list[str], n: int,
+            seed: int) -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(seed)
+    keys = {node: federation.node_key(root, node) for node in nodes}
+    stamp = PrivacyStamp(epsilon=1.0, delta=1e-5, noise_multiplier=1.1, sample_rate=0.01,
+                         steps=50, accountant="prv")
+    out = []
+    for i in range(n):
+        node = nodes[i % len(nodes)]
+        delta = {k: rng.normal(0.0, 0.01, size=s).astype(np.float32) for k, s in shapes.items()}
+        u = ModelUpdate(node_id=node, task=TASK, round=i // len(nodes) + 1, base_version=0,
+                        num_examples=int(rng.integers(50, 500)), metrics={"loss": 0.5},
+                        privacy=stamp, delta=delta, created_at=time.time())
+        out.append((node, encode_update(u, private_key=keys[node], compression="int8")))
+    return out
+
+
+def _anchor(root: Path, cfg: federation.FederationConfig, weights: dict[str, np.ndarray],
+            frames: list[tuple[str, bytes]]) -> dict[str, float]:
+    """The same frames through RoundCoordinator in this process: no Kafka, no ONNX export."""
+    keys = federation.registry(root)
+    expected = {k: (tuple(v.shape), "float32") for k, v in weights.items()}
+    coord = RoundCoordinator(
+        task=cfg.task, keys=keys, expected=expected,
+        strategy=make_strategy(cfg.strategy, **cfg.strategy_kwargs),
+        policy=RoundPolicy(mode="async", buffer_size=cfg.buffer_size,
+                           max_staleness=cfg.max_staleness),
+    )
+    current = dict(weights)
+    stored: dict[str, bytes] = {}
+    start = time.perf_counter()
+    for _, data in frames:
+        offer = coord.offer(data, now=time.time())
+        stored[offer.key] = data
+        if coord.due(now=time.time()):
+            outcome = coord.aggregate(current, stored)
+            current = dict(outcome.weights)
+            for key in coord.commit(outcome):
+                stored.pop(key, None)
+    coordinator_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _, data in frames:
+        decode_update(data, keys=keys, expected=expected)
+    decode_s = time.perf_counter() - start
+    return {
+        "coordinator_offer_aggregate_updates_per_s": round(len(frames) / coordinator_s, 1),
+        "decode_verify_only_updates_per_s": round(len(frames) / decode_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--updates", type=int, default=2000, help="updates pre-produced (N)")
+    parser.add_argument("--buffer", type=int, default=100, help="FedBuff buffer size K")
+    parser.add_argument("--nodes", type=int, default=50, help="distinct node keys")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the worker")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker-log", type=Path, default=None,
+                        help="keep the aggregator worker's log here")
+    args = parser.parse_args(argv)
+    if args.updates % args.buffer:
+        parser.error("--updates must be a multiple of --buffer")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    versions = args.updates // args.buffer
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ev-bench-agg-")))
+        nodes = [f"bench-node-{i:03d}" for i in range(args.nodes)]
+        cfg = federation.FederationConfig(
+            task=TASK, task_kwargs=TASK_KWARGS, strategy="fedbuff",
+            strategy_kwargs={"buffer_size": args.buffer}, mode="async", buffer_size=args.buffer,
+            max_staleness=versions + 1, rounds=versions, nodes=nodes, seed=args.seed,
+        )
+        root = federation.init_run_dir(tmp / "run", cfg)
+        weights = get_weights(get_task(TASK, **TASK_KWARGS).build_model())
+        shapes = {k: tuple(v.shape) for k, v in weights.items()}
+        params = int(sum(v.size for v in weights.values()))
+
+        _say(f"encoding {args.updates} signed int8 updates of {params} parameters")
+        frames = _frames(root, shapes, nodes, args.updates, args.seed)
+        sizes = [len(f) for _, f in frames]
+
+        _say("starting Kafka")
+        kafka = stack.enter_context(LocalKafka())
+        settings = load_settings(bootstrap_servers=kafka.bootstrap_servers)
+        ensure_topics(settings, FEDERATION_TOPICS)
+
+        from kafka import KafkaConsumer, KafkaProducer
+
+        producer = KafkaProducer(**settings.producer_config())
+        stack.callback(producer.close)
+        for node, data in frames:
+            producer.send(UPDATES.name, key=node.encode(), value=data)
+        producer.flush()
+        _say(f"pre-produced {len(frames)} updates ({sum(sizes) / 1e6:.1f} MB)")
+
+        models = KafkaConsumer(MODELS.name, auto_offset_reset="earliest", consumer_timeout_ms=500,
+                               **settings.consumer_config())
+        stack.callback(models.close)
+        _, pub = federation.aggregator_keys(root)
+        log_file = args.worker_log or tmp / "worker.log"
+        log_file.unlink(missing_ok=True)
+        env = {"EDGEVEIL_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+               "EDGEVEIL_RUN_DIR": str(root), "EDGEVEIL_DATA_DIR": str(tmp / "faust"),
+               "EDGEVEIL_APP_ID": f"bench-{uuid.uuid4().hex[:6]}-aggregator"}
+        _say("starting the aggregator worker")
+        worker = FaustWorker("agents.aggregator", env=env, log_file=log_file)
+        stack.callback(worker.stop)
+        worker.start(timeout=90)
+
+        seen: set[int] = set()
+        cpu_samples: list[tuple[float, float]] = []  # (epoch s, worker CPU s)
+        tick = os.sysconf("SC_CLK_TCK")
+        deadline = time.monotonic() + args.timeout
+        while versions not in seen and time.monotonic() < deadline and worker.running:
+            with contextlib.suppress(OSError, AttributeError):
+                fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu_samples.append((time.time(), (int(fields[11]) + int(fields[12])) / tick))
+            for msg in models:
+                seen.add(decode_global_model(msg.value, public_key=pub).header.version)
+                break
+            _say(f"versions published: {len(seen)} of {versions + 1}")
+        worker.stop()
+
+        admitted = _log_times(log_file, f"admitted {TASK}|")
+        published = _log_times(log_file, f"published {TASK} v")
+        rejected = len(_log_times(log_file, "rejected update"))
+        published = published[1:]  # v0 is the initial model, published before any update
+        complete = versions in seen and len(published) >= versions
+        worker_stats: dict[str, object] = {
+            "admitted": len(admitted), "rejected": rejected, "publications": len(published),
+            "complete": complete,
+        }
+        if admitted and published:
+            span = published[-1] - admitted[0]
+            worker_stats["seconds_first_admit_to_last_publication"] = round(span, 3)
+            worker_stats["updates_per_s"] = round(len(admitted) / span, 1) if span > 0 else None
+            # where the time goes: gaps between admissions inside a round, and the round close
+            # (last admission of a round -> its publication -> next admission)
+            gaps = np.diff(admitted) * 1e3
+            closes = []
+            for t_pub in published:
+                before = [t for t in admitted if t <= t_pub]
+                after = [t for t in admitted if t > t_pub]
+                if before and after:
+                    closes.append((after[0] - before[-1]) * 1e3)
+            worker_stats["ms_between_admissions_median"] = round(float(np.median(gaps)), 2)
+            worker_stats["ms_round_close_gap_median"] = (
+                round(float(np.median(closes)), 1) if closes else None)
+            cpu = [c for c in cpu_samples if admitted[0] <= c[0] <= published[-1]]
+            if len(cpu) > 1 and cpu[-1][1] > cpu[0][1]:
+                worker_stats["updates_per_worker_cpu_s"] = round(
+                    len(admitted) * (cpu[-1][0] - cpu[0][0]) / (published[-1] - admitted[0])
+                    / (cpu[-1][1] - cpu[0][1]), 1)
+                worker_stats["worker_cpu_share_of_one_core"] = round(
+                    (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]), 2)
+            if len(published) > 1:
+                steady = published[-1] - published[0]
+                worker_stats["steady_updates_per_s_between_publications"] = round(
+                    args.buffer * (len(published) - 1) / steady, 1) if steady > 0 else None
+
+        _say("in-process anchor on the same frames")
+        anchor = _anchor(root, cfg, weights, frames)
+
+    rate = worker_stats.get("updates_per_s")
+    report = {
+        "bench": "aggregator_throughput",
+        "task": TASK, "task_kwargs": TASK_KWARGS, "parameters": params,
+        "compression": "int8",
+        "mode": "async (FedBuff)", "strategy": "fedbuff", "buffer_size_K": args.buffer,
+        "why_async": ("a sync round admits only updates trained on the current version, so "
+                      "pre-produced updates fill one round at most and one N-update round keeps "
+                      "all N in memory; FedBuff admits continuously and publishes every K"),
+        "updates": args.updates, "nodes": args.nodes,
+        "bytes_per_update": {"mean": round(float(np.mean(sizes)), 1), "min": min(sizes),
+                             "max": max(sizes), "raw_float32": 4 * params},
+        "worker": worker_stats,
+        "anchor_in_process_same_machine": anchor,
+        "target": {"updates_per_s": TARGET,
+                   "met": bool(complete and rate is not None and rate >= TARGET)},
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "notes": ("worker rate = admitted updates / (last model publication - first admission), "
+                  "so it includes every ONNX export and signed global model of the run; "
+                  "timestamps are the worker's own log lines (ms resolution)"),
+    }
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        _say("interrupted; everything started was stopped")
+        raise SystemExit(130) from None
