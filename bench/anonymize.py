@@ -141,12 +141,18 @@ def main() -> None:
         result["decode_only_fps"] = round(decode_only(path, args.frames), 1)
         ours = edgeveil(path, args.frames, Path(tmp) / "ours.avi", args.classes)
         result["edgeveil"] = ours
+        people = edgeveil(path, args.frames, Path(tmp) / "people.avi", "person,head")
+        result["edgeveil_people_only"] = people
         d_ort = deface_run(path, args.frames, Path(tmp) / "deface_ort.avi", "onnxrt")
         d_cv = deface_run(path, args.frames, Path(tmp) / "deface_cv.avi", "opencv")
         result["deface"] = {"onnxrt": d_ort, "opencv": d_cv}
         anchor = max(float(d_ort["fps"]), float(d_cv["fps"]))  # type: ignore[arg-type]
         result["deface_anchor_fps"] = anchor
         result["speedup_vs_deface"] = round(float(ours["fps"]) / anchor, 2)  # type: ignore[arg-type]
+        result["speedup_vs_deface_people_only"] = round(
+            float(people["fps"]) / anchor, 2)  # type: ignore[arg-type]
+        load = __import__("os").getloadavg()
+        result["load_average_at_end"] = [round(x, 2) for x in load]
         if not args.skip_coverage:
             result["head_coverage"] = coverage(path, args.classes)
     print(json.dumps(result, indent=2))

@@ -36,7 +36,7 @@ _END = object()
 
 def default_detector(classes: Iterable[ObjectClass] | None = None, *,
                      providers: Sequence[str] | None = ("CPUExecutionProvider",),
-                     threads: int | None = None, face_every: int = 10,
+                     threads: int | None = None, face_every: int = 15,
                      text_every: int = 10, still_image: bool = False,
                      background: bool = True) -> EnsembleDetector:
     """The detector EdgeVeil uses for ``classes`` (all by default).
