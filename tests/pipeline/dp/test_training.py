@@ -8,9 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
-from pipeline.ledger import PrivacyLedger
+from pipeline.ledger import LedgerEntry, PrivacyLedger
 from pipeline.ledger_analysis import compute_epsilon
-from pipeline.ledger import LedgerEntry
 
 
 def _setup(n: int = 200, bs: int = 20):  # type: ignore[no-untyped-def]
