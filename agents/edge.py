@@ -239,6 +239,33 @@ async def on_model(stream):  # type: ignore[no-untyped-def]
             await analytics_topic.send(key=node_id.encode(), value=rec.encode())
 
 
+async def _send_camera_output(edge: _Edge) -> None:
+    cam = edge.camera
+    if cam is None:
+        return
+    for iv in cam.drain_intervals():
+        rec = AnalyticsRecord(node_id=edge.camera_node, interval_start=iv.start,
+                              interval_seconds=iv.seconds,
+                              counts={"person": int(round(iv.mean.get("person", 0.0)))},
+                              model_version=edge.slot.version)
+        await analytics_topic.send(key=edge.camera_node.encode(), value=rec.encode())
+    for jpeg in cam.drain_previews():  # anonymized frames only (CameraLoop refuses raw)
+        await frames_topic.send(key=edge.camera_node.encode(), value=jpeg)
+
+
+@app.on_before_shutdown.connect
+async def _stop_camera(app: Any, **kwargs: Any) -> None:
+    """On SIGTERM: stop the camera, which closes its open count interval (appended to the local
+    series CSV), and hand that last interval to the producer before faust flushes it."""
+    if _edge is None or _edge.camera is None:
+        return
+    await asyncio.to_thread(_edge.camera.stop)
+    try:
+        await _send_camera_output(_edge)
+    except Exception as exc:  # noqa: BLE001 - shutting down; the CSV already holds the counts
+        log.warning("could not send the camera's last interval: %s", exc)
+
+
 @app.timer(interval=2.0)
 async def heartbeat() -> None:
     """One telemetry record per node every 2 s; the camera's counts and previews."""
@@ -251,15 +278,7 @@ async def heartbeat() -> None:
     rss = proc.memory_info().rss
     cam = _edge.camera
     cam_stats = cam.stats() if cam is not None else None
-    if cam is not None:
-        for iv in cam.drain_intervals():
-            rec = AnalyticsRecord(node_id=_edge.camera_node, interval_start=iv.start,
-                                  interval_seconds=iv.seconds,
-                                  counts={"person": int(round(iv.mean.get("person", 0.0)))},
-                                  model_version=_edge.slot.version)
-            await analytics_topic.send(key=_edge.camera_node.encode(), value=rec.encode())
-        for jpeg in cam.drain_previews():  # anonymized frames only (CameraLoop refuses raw)
-            await frames_topic.send(key=_edge.camera_node.encode(), value=jpeg)
+    await _send_camera_output(_edge)
     for node_id in _edge.nodes:
         on_cam = cam_stats is not None and node_id == _edge.camera_node
         t = Telemetry(node_id=node_id, fps=cam_stats.fps if on_cam else 0.0,

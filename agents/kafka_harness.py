@@ -116,7 +116,15 @@ def free_port() -> int:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id (22 url-safe base64 characters, like ``kafka-storage random-uuid``).
+
+    Never starts with ``-``: the StorageTool's argument parser would read such an id as an option
+    and refuse to format (about one id in 64 did).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 # --------------------------------------------------------------------------- one node
@@ -208,7 +216,7 @@ class KafkaNode:
             return
         cmd = [
             "java", "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={self.spec.data_dir / 'log4j2.properties'}",
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties_file),
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.properties_file),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

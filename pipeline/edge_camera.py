@@ -156,8 +156,9 @@ class CameraLoop(threading.Thread):
             if self._done() or not self.loop:
                 break
             self._restarts += 1
-        for iv in self._rollup.close():
-            if iv not in self._intervals:
+        with self._lock:
+            already = len(self._rollup.done)
+            for iv in self._rollup.close()[already:]:  # only the interval still open
                 self._publish_interval(iv)
 
     def _done(self) -> bool:
@@ -177,6 +178,7 @@ class CameraLoop(threading.Thread):
                 counts.update(dict(out.metadata.get("detections", {})))
             for iv in self._rollup.add(FrameCounts(frame.seq, ts, counts, failed)):
                 self._publish_interval(iv)
+            self._rollup.done.clear()  # published above; a camera runs for months
 
     def _publish_interval(self, iv: IntervalCounts) -> None:
         self._intervals.append(iv)

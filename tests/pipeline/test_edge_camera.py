@@ -45,3 +45,26 @@ def test_unreadable_camera_reports_the_error() -> None:
     cam.start()
     cam.join(30)
     assert cam.stats().error and "camera.avi" in cam.stats().error
+
+
+def test_stop_flushes_the_open_interval_once(tmp_path: Path) -> None:
+    """A worker shutting down mid-interval keeps that interval; drained ones are not rewritten."""
+    import time
+
+    series = tmp_path / "series.csv"
+    cam = CameraLoop(locate("vtest.avi"), interval_s=0.5, target_fps=20, series_csv=series,
+                     preview_every_s=0)
+    cam.start()
+    deadline = time.monotonic() + 60
+    while cam.stats().frames_in < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = cam.drain_intervals()
+    assert first, "0.5 s intervals at 10 fps media must have closed after 12 frames"
+    cam.stop()
+    assert not cam.is_alive()
+    rest = cam.drain_intervals()
+    assert rest, "stop() must close the open interval"
+    rows = list(csv.DictReader(series.open()))
+    starts = [r["start"] for r in rows]
+    assert len(starts) == len(set(starts)) == len(first) + len(rest)
+    assert sum(int(r["frames"]) for r in rows) == cam.stats().frames_in
