@@ -229,6 +229,7 @@ def _summary(state: DemoState, *, rounds: int, naive: float, elapsed: float,
         "dlq": [e.reason for e in state.dlq],
         "nodes": len(nodes),
         "analytics_records": len(state.analytics),
+        "served_forecasts": sum(1 for a in state.analytics if a.forecast is not None),
         "anonymized_previews": len(state.frames),
     }
 

@@ -252,9 +252,20 @@ class PedestrianForecastTask:
         model.eval()
         z = model(torch.from_numpy(w.x)).numpy().astype(np.float64)
         model.train(was_training)
+        return self.counts_from_output(node_id, z)
+
+    def counts_from_output(self, node_id: str, z: np.ndarray) -> np.ndarray:
+        """Turn the model's standardized log outputs for ``node_id`` into counts (≥ 0).
+
+        This is what a served model (e.g. the global model's ONNX export) needs after inference.
+        """
         mu, sd = self._scale(node_id)
-        pred: np.ndarray = np.clip(np.expm1(z * sd + mu), 0.0, None)
+        pred: np.ndarray = np.clip(np.expm1(np.asarray(z, np.float64) * sd + mu), 0.0, None)
         return pred
+
+    def count_from_output(self, node_id: str, z: float) -> float:
+        """One standardized log output → a count; see :meth:`counts_from_output`."""
+        return float(self.counts_from_output(node_id, np.asarray([z]))[0])
 
     def evaluate(self, model: nn.Module, *, split: Split = "test",
                  node_id: str | None = None) -> dict[str, float]:

@@ -11,10 +11,10 @@ import pytest
 
 from agents import federation
 from agents.settings import load_settings
-from agents.topics import FEDERATION_TOPICS, MODELS, TELEMETRY, ensure_topics
+from agents.topics import ANALYTICS, FEDERATION_TOPICS, MODELS, TELEMETRY, ensure_topics
 from agents.workers import FaustWorker
 from pipeline.global_model import decode_global_model
-from schemas.messages import Telemetry
+from schemas.messages import AnalyticsRecord, Telemetry
 from tests.kafka_helpers import delete_federation_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -50,21 +50,30 @@ def test_three_edges_and_aggregator_complete_rounds_and_improve(kafka_broker: st
     workers += [FaustWorker("agents.edge", env={**base, "EDGEVEIL_APP_ID": f"t{tag}-e{i}-edge",
                                                 "EDGEVEIL_EDGE_NODES": str(i + 1)})
                 for i in range(3)]
-    consumer = KafkaConsumer(MODELS.name, TELEMETRY.name, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(MODELS.name, TELEMETRY.name, ANALYTICS.name,
+                             auto_offset_reset="earliest",
                              consumer_timeout_ms=500, **settings.consumer_config())
     models: dict[int, object] = {}
     telemetry: dict[str, Telemetry] = {}
+    forecasts: dict[tuple[str, int], AnalyticsRecord] = {}
     try:
         for w in workers:
             w.start(wait_ready=False)
         for w in workers:
             w.wait_ready(180)
         deadline = time.monotonic() + 420
-        while rounds not in models and time.monotonic() < deadline:
+        def finished() -> bool:
+            return rounds in models and all((n, rounds) in forecasts for n in nodes)
+
+        while not finished() and time.monotonic() < deadline:
             for msg in consumer:
                 if msg.topic == MODELS.name:
                     m = decode_global_model(msg.value, public_key=pub)
                     models[m.header.version] = m
+                elif msg.topic == ANALYTICS.name:
+                    a = AnalyticsRecord.decode(msg.value)
+                    if a.forecast is not None and a.model_version is not None:
+                        forecasts[(a.node_id, a.model_version)] = a
                 else:
                     t = Telemetry.decode(msg.value)
                     telemetry[t.node_id] = t
@@ -97,3 +106,19 @@ def test_three_edges_and_aggregator_complete_rounds_and_improve(kafka_broker: st
     assert set(nodes) <= set(telemetry)
     ledgers = list((root / "ledgers").glob("*.json"))
     assert len(ledgers) == 3
+
+    # every edge served forecasts from the hot-swapped ONNX model; they match PyTorch on the
+    # same global weights and the same test window
+    for node in nodes:
+        for v in (1, rounds):
+            rec = forecasts.get((node, v))
+            assert rec is not None, (node, v, sorted(forecasts))
+            torch.manual_seed(0)
+            m = task.build_model()
+            set_weights(m, models[v].weights)
+            w = task.windows(node, "test")
+            i = (v * 97) % len(w.x)
+            expected = task.counts_from_output(node, m(torch.from_numpy(w.x[i:i + 1]))
+                                               .detach().numpy())[0]
+            assert rec.forecast == pytest.approx(expected, rel=1e-3, abs=0.05), (node, v)
+            assert rec.counts["person"] == int(round(float(w.counts[i])))
