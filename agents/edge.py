@@ -93,7 +93,7 @@ class _Edge:
 
         from pipeline.dp.calibrate import noise_multiplier_for_budget
         from pipeline.ledger import PrivacyLedger, ledger_path
-        from pipeline.simulation import EdgeNode
+        from pipeline.simulation import EdgeNode, common_batch_sizes
         from pipeline.tasks import get_task
 
         torch.set_num_threads(1)
@@ -103,19 +103,27 @@ class _Edge:
         self.node_ids = select_nodes(os.environ.get("EDGEVEIL_EDGE_NODES", "all"), self.cfg.nodes)
         self.task = get_task(self.cfg.task, **self.cfg.task_kwargs)
         self.nodes: dict[str, Any] = {}
+        # the same per-node batch sizes as `edgeveil simulate`: one sample rate for every node of
+        # the federation, so one noise calibration (about 1 s of PRV accounting) serves them all
+        sizes = [len(self.task.train_data(n)) for n in self.cfg.nodes]
+        batches = common_batch_sizes(sizes, batch_size=self.task.train_config.batch_size)
+        sigmas: dict[tuple[float, str], float] = {}
         for node_id in self.node_ids:
             ledger = PrivacyLedger.open(ledger_path(self.root / "ledgers", node_id),
                                         node_id=node_id, budget=self.cfg.epsilon,
                                         delta=self.cfg.delta)
-            probe = EdgeNode(node_id=node_id, task=self.task, private_key=b"\0" * 32,
-                             ledger=None)
-            sigma = noise_multiplier_for_budget(
-                epsilon=self.cfg.epsilon, delta=self.cfg.delta, sample_rate=probe.sample_rate,
-                steps=self.cfg.rounds * probe.config.local_steps, accountant=ledger.mechanism)
-            self.nodes[node_id] = EdgeNode(
+            index = self.cfg.nodes.index(node_id)
+            node = EdgeNode(
                 node_id=node_id, task=self.task, private_key=federation.node_key(self.root, node_id),
-                ledger=ledger, noise_multiplier=sigma, compression=self.cfg.compression,
-                seed=self.cfg.seed, index=self.cfg.nodes.index(node_id))
+                ledger=ledger, noise_multiplier=1.0, compression=self.cfg.compression,
+                seed=self.cfg.seed, index=index, batch_size=batches[index])
+            key = (round(node.sample_rate, 12), str(ledger.mechanism))
+            if key not in sigmas:
+                sigmas[key] = noise_multiplier_for_budget(
+                    epsilon=self.cfg.epsilon, delta=self.cfg.delta, sample_rate=node.sample_rate,
+                    steps=self.cfg.rounds * node.config.local_steps, accountant=ledger.mechanism)
+            node.noise_multiplier = sigmas[key]  # replaces the placeholder above
+            self.nodes[node_id] = node
         self.slot = OnnxModelSlot()
         self.version = -1
         self.exhausted: set[str] = set()
