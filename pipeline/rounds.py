@@ -32,13 +32,16 @@ Two modes:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import zstandard
 
 from pipeline.codec import KeyRegistry, UpdateAdmission, decode_update
 from pipeline.strategies import ClientResult, Strategy, Weights
@@ -326,9 +329,19 @@ class RoundCoordinator:
             self.strategy.load_state_dict(_from_jsonable(state["strategy"]))
 
 
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    return zstandard.ZstdCompressor(level=1, write_content_size=True)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype), "shape": list(obj.shape)}
+        # the raw little-endian bytes, zstd-compressed and base64'd: exact, and ~100x cheaper to
+        # encode than a list of floats (a FedBuff buffer is one float64 copy of the model, often
+        # all zeros right after a server step)
+        arr = np.ascontiguousarray(obj, dtype=obj.dtype.newbyteorder("<"))
+        packed = _zstd_compressor().compress(arr.tobytes())
+        return {"__ndarray_zb64__": base64.b64encode(packed).decode("ascii"),
+                "dtype": arr.dtype.str, "shape": list(arr.shape)}
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -340,7 +353,16 @@ def _jsonable(obj: Any) -> Any:
 
 def _from_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        if "__ndarray__" in obj:
+        if "__ndarray_zb64__" in obj:
+            dtype = np.dtype(obj["dtype"])
+            shape = [int(d) for d in obj["shape"]]
+            size = dtype.itemsize * math.prod(shape)
+            raw = zstandard.ZstdDecompressor().decompress(
+                base64.b64decode(obj["__ndarray_zb64__"], validate=True), max_output_size=size)
+            if len(raw) != size:
+                raise ValueError(f"stored array holds {len(raw)} bytes, expected {size}")
+            return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        if "__ndarray__" in obj:  # the list form of earlier states
             return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]).reshape(obj["shape"])
         return {k: _from_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list):

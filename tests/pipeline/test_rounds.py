@@ -208,3 +208,48 @@ def test_strategy_state_is_saved_after_aggregate_changes_it(nodes) -> None:
     c.commit(out)
     after = c.state_dict()["strategy"]
     assert after != json.loads(before) and after["velocity"] is not None
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", ">f8", "int64"])
+def test_state_arrays_survive_json_exactly(dtype: str) -> None:
+    from pipeline.rounds import _from_jsonable, _jsonable
+
+    rng = np.random.default_rng(0)
+    arr = (rng.normal(size=(3, 5)) * 1e3).astype(dtype)
+    state = {"sum": {"a": arr, "zeros": np.zeros((4, 2))}, "n": np.int64(3), "l": [arr[0]]}
+    back = _from_jsonable(json.loads(json.dumps(_jsonable(state))))
+    np.testing.assert_array_equal(back["sum"]["a"], arr)
+    assert back["sum"]["a"].shape == (3, 5) and back["sum"]["a"].flags.writeable
+    np.testing.assert_array_equal(back["sum"]["zeros"], np.zeros((4, 2)))
+    np.testing.assert_array_equal(back["l"][0], arr[0])
+    assert back["n"] == 3
+
+
+def test_state_in_the_earlier_list_form_still_loads() -> None:
+    from pipeline.rounds import _from_jsonable
+
+    old = {"__ndarray__": [[1.5, 2.0]], "dtype": "float64", "shape": [1, 2]}
+    np.testing.assert_array_equal(_from_jsonable(old), np.array([[1.5, 2.0]]))
+
+
+def test_fedbuff_state_round_trips_through_json(nodes) -> None:
+    c1 = RoundCoordinator(task="t", keys=_keys(nodes), expected=EXPECTED,
+                          strategy=make_strategy("fedbuff", buffer_size=3),
+                          policy=RoundPolicy(mode="async", buffer_size=2))
+    stored = {}
+    for i, node in enumerate(["n0", "n1"]):
+        data = _update(nodes, node, value=float(i + 1))
+        stored[c1.offer(data, now=0).key] = data
+    c1.commit(c1.aggregate(GLOBAL, stored))  # 2 of the strategy's 3 buffered: a partial sum
+    state = json.loads(json.dumps(c1.state_dict()))
+    c2 = RoundCoordinator(task="t", keys=_keys(nodes), expected=EXPECTED,
+                          strategy=make_strategy("fedbuff", buffer_size=3),
+                          policy=RoundPolicy(mode="async", buffer_size=2))
+    c2.load_state_dict(state)
+    assert c2.state_dict()["strategy"] == c1.state_dict()["strategy"]
+    data = _update(nodes, "n2", value=3.0)
+    outs = []
+    for c in (c1, c2):
+        key = c.offer(data, now=0).key
+        outs.append(c.aggregate(GLOBAL, {key: data}).weights["w"])
+    np.testing.assert_array_equal(outs[0], outs[1])
