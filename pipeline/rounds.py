@@ -13,9 +13,10 @@ updates always give bit-identical weights, whatever order or how many times they
 
 Cost per update (the aggregator's hot path): :meth:`RoundCoordinator.offer` decodes and verifies
 each update once and keeps the decoded update until the round closes; :meth:`aggregate` reuses it
-when the stored bytes hash to the admitted digest, and decodes (verifying again) only bytes it
-has not seen, e.g. after a restart. The strategy's state (which only :meth:`aggregate` changes) is
-converted to JSON once per round, not once per :meth:`state_dict` call. After a restart,
+when the stored bytes are the very ``bytes`` object offered or hash to the admitted digest, and
+decodes (verifying again) only bytes it has not seen, e.g. after a restart. The strategy's state
+(which only :meth:`aggregate` changes) is converted to JSON once per round, not once per
+:meth:`state_dict` call. After a restart,
 :meth:`resume` re-admits the stored bytes of the open round, so a caller may persist
 :meth:`state_dict` once per round (when it opens and when it closes) and the update bytes once
 per update.
@@ -156,6 +157,7 @@ class RoundCoordinator:
         self.admission = UpdateAdmission(max_staleness=policy.staleness_limit)
         # decoded (verified) updates of the open round, so aggregate() need not decode them again
         self._decoded: dict[str, ModelUpdate] = {}
+        self._offered: dict[str, bytes] = {}  # the bytes objects the decoded updates came from
         self._strategy_state: Any = _UNSET  # JSON form of the strategy's state, once per round
 
     # ------------------------------------------------------------------ admission
@@ -183,6 +185,8 @@ class RoundCoordinator:
         staleness = self.admission.admit(update, current_version=self.version)
         self.buffer[key] = digest
         self._decoded[key] = update
+        if isinstance(data, bytes):  # immutable: the same object later means the same bytes
+            self._offered[key] = data
         if self.opened_at is None:
             self.opened_at = now
         return Offer(key, update, staleness)
@@ -191,6 +195,7 @@ class RoundCoordinator:
         """Drop a buffered key whose bytes the caller could not keep (it may be offered again)."""
         self.buffer.pop(key, None)
         self._decoded.pop(key, None)
+        self._offered.pop(key, None)
 
     def resume(self, stored: Mapping[str, bytes], *, now: float) -> list[str]:
         """Re-admit the stored bytes of the open round after :meth:`load_state_dict`.
@@ -258,7 +263,8 @@ class RoundCoordinator:
                 log.warning("buffered update %s has no stored bytes; dropping it", key)
                 continue
             u = self._decoded.get(key)
-            if u is None or hashlib.sha256(data).hexdigest() != self.buffer[key]:
+            if u is None or (data is not self._offered.get(key)
+                             and hashlib.sha256(data).hexdigest() != self.buffer[key]):
                 # not offered in this process (restart) or other bytes than offered: verify them
                 u = decode_update(data, keys=self.keys, expected=self.expected,
                                   max_bytes=self.max_bytes)
@@ -295,6 +301,7 @@ class RoundCoordinator:
         self.version = outcome.version
         self.buffer = {}
         self._decoded = {}
+        self._offered = {}
         self.opened_at = None
         return done
 
@@ -322,6 +329,7 @@ class RoundCoordinator:
         self.opened_at = state["opened_at"]
         self.buffer = dict(state["buffer"])
         self._decoded = {}
+        self._offered = {}
         self._strategy_state = _UNSET
         self.recent = dict(state.get("recent", {}))
         self.admission.load_state_dict(state["admission"])

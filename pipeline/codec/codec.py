@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from pipeline.codec.compression import Compression, dequantize, element_size, quantize
+from pipeline.codec.compression import Compression, element_size, quantize
 from pipeline.codec.exceptions import (
     BadMagicError,
     CodecError,
@@ -85,6 +85,8 @@ _PRIVACY_KEYS = frozenset(
     {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant"}
 )
 _local = threading.local()
+_WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+_DTYPE_NAMES: dict[Any, str] = {}  # np.dtype(x).name of the expected dtypes seen so far
 
 
 def _canonical_json(obj: Any) -> bytes:
@@ -389,11 +391,50 @@ def _check_expected(
                 "shape_mismatch",
                 f"tensor {spec['name']!r}: shape {tuple(spec['shape'])}, expected {tuple(want_shape)}",
             )
-        if np.dtype(want_dtype).name != spec["dtype"]:
+        want_name = _DTYPE_NAMES.get(want_dtype)
+        if want_name is None:
+            want_name = _DTYPE_NAMES[want_dtype] = np.dtype(want_dtype).name
+        if want_name != spec["dtype"]:
             raise ShapeMismatchError(
                 "dtype_mismatch",
-                f"tensor {spec['name']!r}: dtype {spec['dtype']}, expected {np.dtype(want_dtype).name}",
+                f"tensor {spec['name']!r}: dtype {spec['dtype']}, expected {want_name}",
             )
+
+
+_ELEMENT_SIZE = {c.value: element_size(c) for c in Compression}
+
+
+def _tensors(
+    raw: bytes, tensors: list[dict[str, Any]], counts: list[int], sizes: list[int]
+) -> dict[str, np.ndarray]:
+    """The payload's tensors as float32 arrays (checked specs; ``len(raw) == sum(sizes)``).
+
+    All tensors are decoded into one new float32 buffer and checked for NaN/Inf in one pass;
+    each returned array is a writable view of its own slice of that buffer.
+    """
+    out = np.empty(sum(counts), dtype=np.float32)
+    raw_view = memoryview(raw)
+    pos = offset = 0
+    slices = []
+    for spec, n, size in zip(tensors, counts, sizes, strict=True):
+        dst = out[pos : pos + n]
+        comp = spec["compression"]
+        src = np.frombuffer(raw_view[offset : offset + size], dtype=_WIRE_DTYPES[comp])
+        if comp == "int8":
+            np.multiply(src, np.float32(spec["scale"]), out=dst, dtype=np.float32)
+        else:
+            dst[...] = src
+        slices.append((spec, pos, n))
+        pos += n
+        offset += size
+    if not np.isfinite(out).all():
+        for spec, start, n in slices:
+            if not np.isfinite(out[start : start + n]).all():
+                raise NonFiniteError("non_finite", f"tensor {spec['name']!r} holds NaN or Inf")
+    return {
+        spec["name"]: out[start : start + n].reshape(tuple(spec["shape"]))
+        for spec, start, n in slices
+    }
 
 
 def decode_update(
@@ -460,7 +501,8 @@ def decode_update(
     header = _check_header(doc, node_id)
     tensors: list[dict[str, Any]] = header["tensors"]
 
-    sizes = [math.prod(t["shape"]) * element_size(t["compression"]) for t in tensors]
+    counts = [math.prod(t["shape"]) for t in tensors]
+    sizes = [n * _ELEMENT_SIZE[t["compression"]] for n, t in zip(counts, tensors, strict=True)]
     total = sum(sizes)
     if total != header["payload_size"]:
         raise HeaderError(
@@ -490,20 +532,7 @@ def decode_update(
     if len(raw) != total:
         raise DecompressionError("bad_payload", f"decompressed {len(raw)} bytes, expected {total}")
 
-    delta: dict[str, np.ndarray] = {}
-    offset = 0
-    raw_view = memoryview(raw)
-    for spec, size in zip(tensors, sizes, strict=True):
-        arr = dequantize(
-            raw_view[offset : offset + size],
-            spec["compression"],
-            tuple(spec["shape"]),
-            scale=spec["scale"],
-        )
-        offset += size
-        if not np.isfinite(arr).all():
-            raise NonFiniteError("non_finite", f"tensor {spec['name']!r} holds NaN or Inf")
-        delta[spec["name"]] = arr
+    delta = _tensors(raw, tensors, counts, sizes)
 
     privacy = header["privacy"]
     try:

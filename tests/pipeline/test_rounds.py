@@ -253,3 +253,31 @@ def test_fedbuff_state_round_trips_through_json(nodes) -> None:
         key = c.offer(data, now=0).key
         outs.append(c.aggregate(GLOBAL, {key: data}).weights["w"])
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_bytes_mutated_after_offer_are_verified_again(nodes) -> None:
+    c = _coord(nodes, quorum=1)
+    data = bytearray(_update(nodes, "n0", value=1.0))
+    key = c.offer(data, now=0).key
+    data[-10] ^= 1  # the same (mutable) object, other bytes: must not pass as the offered update
+    with pytest.raises(CodecError) as err:
+        c.aggregate(GLOBAL, {key: data})
+    assert err.value.reason == "bad_signature"
+
+
+def test_decoded_tensors_are_independent_writable_float32(nodes) -> None:
+    from pipeline.codec import decode_update
+
+    stamp = PrivacyStamp(epsilon=0.5, delta=1e-5, noise_multiplier=1.0, sample_rate=0.1,
+                         steps=5, accountant="rdp")
+    delta = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.full(3, -2.5, np.float32)}
+    for comp in ("int8", "float16", "float32"):
+        u = ModelUpdate(node_id="n0", task="t", round=1, base_version=0, num_examples=1,
+                        metrics={}, privacy=stamp, delta=delta)
+        back = decode_update(encode_update(u, private_key=nodes["n0"], compression=comp),
+                             keys=_keys(nodes)).delta
+        assert [back[k].shape for k in back] == [(2, 3), (3,)]
+        assert all(v.dtype == np.float32 and v.flags.writeable for v in back.values())
+        np.testing.assert_allclose(back["a"], delta["a"], atol=5 / 254)
+        back["a"][...] = 7.0  # writing one tensor leaves the other alone
+        np.testing.assert_allclose(back["b"], delta["b"], atol=2.5 / 254)
