@@ -99,9 +99,10 @@ def _runtime() -> _Runtime:
 
 def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any]:
     """Initial global weights (seeded) and an ONNX exporter for the task's model."""
+    import numpy as np
     import torch
 
-    from pipeline.onnx_export import export_onnx
+    from pipeline.onnx_export import OnnxTemplate, export_onnx
     from pipeline.tasks import get_task
     from pipeline.weights import get_weights, set_weights
 
@@ -114,7 +115,16 @@ def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any]:
         x = task.train_data(task.node_ids()[0]).tensors[0]
         example = torch.zeros_like(x[:1], dtype=torch.float32)
 
+    try:
+        template: OnnxTemplate | None = OnnxTemplate(model, example=example, seed=cfg.seed)
+    except ValueError as err:  # e.g. the exporter folded a weight into a constant
+        log.warning("no ONNX template for %s (%s); exporting every version", cfg.task, err)
+        template = None
+
     def export(weights: dict[str, Any]) -> bytes:
+        if template is not None:
+            # one export at start-up; each version writes its weights into the initializers
+            return template.fill({k: np.asarray(v, dtype=np.float32) for k, v in weights.items()})
         set_weights(model, weights)
         return export_onnx(model, example=example)
 
@@ -174,7 +184,9 @@ async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
         delta=outcome.delta if outcome else rt.cfg.delta, created_at=time.time(),
         update_bytes=outcome.update_bytes if outcome else {},
     )
+    t0 = time.perf_counter()
     onnx = await asyncio.to_thread(rt.export, weights)
+    export_ms = (time.perf_counter() - t0) * 1e3
     blob = encode_global_model(GlobalModel(header, weights, onnx), private_key=rt.private_key)
     await models_topic.send(key=rt.cfg.task.encode(), value=blob)
     await _changelog_metadata()
@@ -184,8 +196,9 @@ async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
         (rt.root / "models" / f"v{version:04d}.evm").write_bytes(blob)
     except OSError as exc:  # the run dir copy is a convenience; Kafka holds the truth
         log.warning("could not keep a copy of model v%d: %s", version, exc)
-    log.info("published %s v%d (%d participants, %d bytes)", rt.cfg.task, version,
-             len(header.participants), len(blob))
+    log.info("published %s v%d (%d participants, %d bytes; ONNX export %.1f ms, publish %.1f ms)",
+             rt.cfg.task, version, len(header.participants), len(blob), export_ms,
+             (time.perf_counter() - t0) * 1e3)
     return blob
 
 
@@ -212,37 +225,72 @@ async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
     log.warning("rejected update at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
 
+#: at most this many updates are admitted under one lock acquisition; a batch waits at most
+#: BATCH_WITHIN_S for more updates once its first one arrived
+BATCH_MAX = 32
+BATCH_WITHIN_S = 0.02
+
+
 @app.agent(updates_topic)
 async def aggregate(stream):  # type: ignore[no-untyped-def]
-    """Admit each update; close the round when the policy says so."""
+    """Admit each update; close the round when the policy says so.
+
+    Updates are taken in batches (faust acks a batch's offsets only after the loop body has
+    handled every update of it, so the table writes of a batch are flushed before its offsets
+    are committed); inside a batch each update is handled exactly as if it came alone,
+    rounds closing between two updates of the same batch when the policy says so.
+    """
     rt = _runtime()
-    async for event in stream.events():
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
         while not _ready():
             await asyncio.sleep(0.1)
         async with rt.lock:
-            await _load_state(rt)
-            data = event.message.value
+            await _admit_batch(rt, events)
+
+
+async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
+    await _load_state(rt)  # also fetches the changelogs' metadata (_changelog_metadata)
+    coord = rt.coordinator
+    t0 = time.perf_counter()
+    admitted = duplicates = rejected = closes = 0
+    close_s = 0.0
+    for event in events:
+        data = event.message.value
+        try:
+            offer = coord.offer(data or b"", now=time.time())
+        except CodecError as err:
+            await _to_dlq(event, err)
+            await _changelog_metadata()  # an await passed: re-check before the next write
+            rejected += 1
+            continue
+        if offer.duplicate:
+            log.info("dropped redelivered update %s", offer.key)
+            duplicates += 1
+            continue
+        # no await between the metadata check (batch start, or after the last await) and here
+        update_table[offer.key] = data
+        admitted += 1
+        if len(coord.buffer) == 1:
+            # the round opened: save its opening time; later admissions are recovered from
+            # their bytes in update_table (RoundCoordinator.resume), so the per-update write
+            # stays one update's bytes instead of the whole, growing state
+            state_table[rt.cfg.task] = coord.state_dict()
+        log.debug("admitted %s (staleness %d, %d buffered)", offer.key, offer.staleness,
+                  len(coord.buffer))
+        if coord.due(now=time.time()) and coord.version < rt.cfg.rounds:
+            t_close = time.perf_counter()
             try:
-                offer = rt.coordinator.offer(data or b"", now=time.time())
-            except CodecError as err:
-                await _to_dlq(event, err)
-                continue
-            if offer.duplicate:
-                log.info("dropped redelivered update %s", offer.key)
-                continue
-            update_table[offer.key] = data
-            if len(rt.coordinator.buffer) == 1:
-                # the round opened: save its opening time; later admissions are recovered from
-                # their bytes in update_table (RoundCoordinator.resume), so the per-update write
-                # stays one update's bytes instead of the whole, growing state
-                state_table[rt.cfg.task] = rt.coordinator.state_dict()
-            log.info("admitted %s (staleness %d, %d buffered)", offer.key, offer.staleness,
-                     len(rt.coordinator.buffer))
-            if rt.coordinator.due(now=time.time()) and rt.coordinator.version < rt.cfg.rounds:
-                try:
-                    await _close_round(rt)
-                except Exception:  # the timer retries; the agent keeps consuming
-                    log.exception("closing round %d failed", rt.coordinator.version + 1)
+                await _close_round(rt)
+                closes += 1
+            except Exception:  # the timer retries; the agent keeps consuming
+                log.exception("closing round %d failed", coord.version + 1)
+            close_s += time.perf_counter() - t_close
+            await _changelog_metadata()
+    if admitted or duplicates or rejected:
+        total_ms = (time.perf_counter() - t0) * 1e3
+        log.info("admitted %d update(s) of %s in %.1f ms incl. %d round close(s) in %.1f ms "
+                 "(%d duplicate(s), %d rejected); %d buffered", admitted, rt.cfg.task, total_ms,
+                 closes, close_s * 1e3, duplicates, rejected, len(coord.buffer))
 
 
 @app.timer(interval=1.0)

@@ -88,7 +88,9 @@ def _env(kafka_broker: str, root: Path, app_id: str) -> dict[str, str]:
 def _wait_admitted(worker: FaustWorker, n: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(re.findall(r"admitted pedestrian-forecast\|", worker.output)) >= n:
+        # the agent logs one line per batch: "admitted <k> update(s) of <task> in ..."
+        found = re.findall(r"admitted (\d+) update\(s\) of pedestrian-forecast ", worker.output)
+        if sum(int(k) for k in found) >= n:
             return
         time.sleep(0.2)
     raise AssertionError(f"aggregator admitted fewer than {n} updates\n{worker.output[-3000:]}")
