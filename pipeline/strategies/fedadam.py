@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.strategies.aggregate import add_scaled
-from pipeline.strategies.base import ClientResult, Weights, check_results, copy_weights
-from pipeline.strategies.fedavg import RunningFedAvg
+from pipeline.strategies.base import ClientResult, Weights, copy_weights
+from pipeline.strategies.fedavg import weighted_mean_delta
 from pipeline.strategies.fedavgm import _load_moment
 
 __all__ = ["FedAdam"]
@@ -74,13 +74,10 @@ class FedAdam:
 
     def aggregate(self, global_weights: Weights, results: Sequence[ClientResult]) -> Weights:
         """Apply one Adam step; an empty (or zero-weight) round returns a copy, state unchanged."""
-        check_results(global_weights, results)
-        running = RunningFedAvg(like=global_weights)
-        for r in results:
-            running.add(r)
-        if running.total_weight <= 0:
+        avg = weighted_mean_delta(global_weights, results, strategy=self.name)
+        if avg is None:
             return copy_weights(global_weights)
-        mean = {k: v.astype(np.float64) for k, v in running.result().items()}
+        mean = {k: v.astype(np.float64) for k, v in avg.items()}
         if self._m is None or self._v is None or self._m.keys() != mean.keys():
             self._m = {k: np.zeros(np.shape(v), np.float64) for k, v in mean.items()}
             self._v = {k: np.full(np.shape(v), self.tau**2, np.float64) for k, v in mean.items()}

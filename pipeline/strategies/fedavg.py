@@ -20,7 +20,7 @@ from pipeline.strategies.aggregate import add_scaled
 from pipeline.strategies.base import ClientResult, Weights, check_results, copy_weights
 from pipeline.strategies.exceptions import IncompatibleUpdateError
 
-__all__ = ["FedAvg", "RunningFedAvg"]
+__all__ = ["FedAvg", "RunningFedAvg", "weighted_mean_delta"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,14 +160,26 @@ class FedAvg:
 
     def aggregate(self, global_weights: Weights, results: Sequence[ClientResult]) -> Weights:
         """Return ``global + η · weighted mean delta``; empty or zero-weight rounds return a copy."""
-        check_results(global_weights, results)
-        running = RunningFedAvg(like=global_weights)
-        for r in results:
-            running.add(r)
-        if running.total_weight <= 0:
-            if results:
-                logger.warning(
-                    "fedavg: %d results with zero examples; global model unchanged", len(results)
-                )
+        mean = weighted_mean_delta(global_weights, results, strategy=self.name)
+        if mean is None:
             return copy_weights(global_weights)
-        return add_scaled(global_weights, running.result(), scale=self.server_lr)
+        return add_scaled(global_weights, mean, scale=self.server_lr)
+
+
+def weighted_mean_delta(global_weights: Weights, results: Sequence[ClientResult], *,
+                        strategy: str = "fedavg") -> dict[str, np.ndarray] | None:
+    """The sample-weighted mean delta of ``results`` (checked against ``global_weights``).
+
+    ``None`` when there is nothing to average (no results, or every one has zero examples): the
+    caller keeps the global model and its server-optimizer state unchanged.
+    """
+    check_results(global_weights, results)
+    running = RunningFedAvg(like=global_weights)
+    for r in results:
+        running.add(r)
+    if running.total_weight <= 0:
+        if results:
+            logger.warning("%s: %d results with zero examples; global model unchanged",
+                           strategy, len(results))
+        return None
+    return running.result()

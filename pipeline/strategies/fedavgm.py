@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.strategies.aggregate import add_scaled
-from pipeline.strategies.base import ClientResult, Weights, check_results, copy_weights
-from pipeline.strategies.fedavg import RunningFedAvg
+from pipeline.strategies.base import ClientResult, Weights, copy_weights
+from pipeline.strategies.fedavg import weighted_mean_delta
 
 __all__ = ["FedAvgM"]
 
@@ -70,13 +70,9 @@ class FedAvgM:
 
     def aggregate(self, global_weights: Weights, results: Sequence[ClientResult]) -> Weights:
         """Apply one momentum step; an empty (or zero-weight) round returns a copy, state unchanged."""
-        check_results(global_weights, results)
-        running = RunningFedAvg(like=global_weights)
-        for r in results:
-            running.add(r)
-        if running.total_weight <= 0:
+        mean = weighted_mean_delta(global_weights, results, strategy=self.name)
+        if mean is None:
             return copy_weights(global_weights)
-        mean = running.result()
         if self._velocity is None or self._velocity.keys() != mean.keys():
             self._velocity = {k: np.zeros(np.shape(v), np.float64) for k, v in mean.items()}
         for k, v in self._velocity.items():
