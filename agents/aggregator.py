@@ -29,6 +29,12 @@ from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
 log = logging.getLogger(__name__)
 
 app = make_app("aggregator")
+# Every admitted update's bytes (~100 KB) go to the updates table's changelog. With the default
+# 16 KiB producer batches each write is a batch of its own, and aiokafka appends to a partition
+# only once its last batch has left, one request per broker in flight: the changelog moved one
+# update per partition per broker round trip, and the faust producer buffer filled up and paused
+# the stream. 1 MiB batches carry ~10 updates each (limits: 16 MiB, agents.settings).
+app.conf.producer_max_batch_size = 1 << 20
 
 updates_topic = app.topic(UPDATES.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw", partitions=UPDATES.partitions)
@@ -62,7 +68,7 @@ class _Runtime:
         self.cfg = federation.load_config(self.root)
         self.private_key, self.public_key = federation.aggregator_keys(self.root)
         self.keys = federation.registry(self.root)
-        self.initial_weights, self.export = _task_model(self.cfg)
+        self.initial_weights, self.export, self.export_is_cheap = _task_model(self.cfg)
         expected = {k: (tuple(v.shape), "float32") for k, v in self.initial_weights.items()}
         self.coordinator = RoundCoordinator(
             task=self.cfg.task, keys=self.keys, expected=expected,
@@ -97,8 +103,9 @@ def _runtime() -> _Runtime:
     return _rt
 
 
-def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any]:
-    """Initial global weights (seeded) and an ONNX exporter for the task's model."""
+def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any, bool]:
+    """Initial global weights (seeded), an ONNX exporter for the task's model, and whether that
+    exporter is a cheap template fill (else a full export per call)."""
     import numpy as np
     import torch
 
@@ -128,7 +135,7 @@ def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any]:
         set_weights(model, weights)
         return export_onnx(model, example=example)
 
-    return get_weights(model), export
+    return get_weights(model), export, template is not None
 
 
 def _ready() -> bool:
@@ -185,7 +192,10 @@ async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
         update_bytes=outcome.update_bytes if outcome else {},
     )
     t0 = time.perf_counter()
-    onnx = await asyncio.to_thread(rt.export, weights)
+    if rt.export_is_cheap:  # a template fill (< 1 ms): a thread hop would cost more
+        onnx = rt.export(weights)
+    else:  # a full torch.onnx.export per version
+        onnx = await asyncio.to_thread(rt.export, weights)
     export_ms = (time.perf_counter() - t0) * 1e3
     blob = encode_global_model(GlobalModel(header, weights, onnx), private_key=rt.private_key)
     await models_topic.send(key=rt.cfg.task.encode(), value=blob)
