@@ -285,8 +285,9 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
             # their bytes in update_table (RoundCoordinator.resume), so the per-update write
             # stays one update's bytes instead of the whole, growing state
             state_table[rt.cfg.task] = coord.state_dict()
-        log.debug("admitted %s (staleness %d, %d buffered)", offer.key, offer.staleness,
-                  len(coord.buffer))
+        # per update as well as per batch: bench/round_latency.py waits for this very line
+        log.info("admitted %s (staleness %d, %d buffered)", offer.key, offer.staleness,
+                 len(coord.buffer))
         if coord.due(now=time.time()) and coord.version < rt.cfg.rounds:
             t_close = time.perf_counter()
             try:
