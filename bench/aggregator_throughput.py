@@ -68,8 +68,8 @@ def _on_sigterm(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-_BATCH = re.compile(r"admitted (\d+) update\(s\) of (\S+) in ([\d.]+) ms incl\. (\d+) "
-                    r"round close\(s\) in ([\d.]+) ms")
+_BATCH = re.compile(r"admitted (\d+) update\(s\) of (\S+) in ([\d.]+) ms \(")
+_CLOSE = re.compile(r"closed (\S+) v(\d+) in ([\d.]+) ms")
 _EXPORT = re.compile(r"ONNX export ([\d.]+) ms, publish ([\d.]+) ms")
 
 
@@ -89,14 +89,16 @@ def _log_times(path: Path, marker: str) -> list[float]:
     return out
 
 
-def _batches(path: Path, task: str) -> list[dict[str, float]]:
-    """The worker's per-batch admission lines: end time, updates, ms in all, closes, close ms."""
-    out = []
+def _batches(path: Path, task: str) -> tuple[list[dict[str, float]], list[float]]:
+    """The worker's admission summary lines (end time, updates, ms: one per batch of updates,
+    cut before each round close) and its round-close durations in ms."""
+    batches, closes = [], []
     for line in path.read_text(errors="replace").splitlines():
         if (m := _BATCH.search(line)) and m.group(2) == task and (t := _stamp(line)) is not None:
-            out.append({"t": t, "n": int(m.group(1)), "ms": float(m.group(3)),
-                        "closes": int(m.group(4)), "close_ms": float(m.group(5))})
-    return out
+            batches.append({"t": t, "n": int(m.group(1)), "ms": float(m.group(3))})
+        elif (m := _CLOSE.search(line)) and m.group(1) == task:
+            closes.append(float(m.group(3)))
+    return batches, closes
 
 
 def _frames(root: Path, shapes: dict[str, tuple[int, ...]], nodes: list[str], n: int,
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"versions published: {len(seen)} of {versions + 1}")
         worker.stop()
 
-        batches = [b for b in _batches(log_file, TASK) if b["n"] > 0]
+        batches, closes = _batches(log_file, TASK)
+        batches = [b for b in batches if b["n"] > 0]
         published = _log_times(log_file, f"published {TASK} v")
         rejected = len(_log_times(log_file, "rejected update"))
         published = published[1:]  # v0 is the initial model, published before any update
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         complete = versions in seen and len(published) >= versions
         worker_stats: dict[str, object] = {
             "admitted": n_admitted, "rejected": rejected, "publications": len(published),
-            "complete": complete, "batches": len(batches),
+            "complete": complete, "summary_lines": len(batches),
         }
         if batches and published:
             # the clock starts when the first batch began (its log line minus its duration)
@@ -265,10 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             # where the time goes: admission (decode, verify, table write) per update, and the
             # round close (aggregate, ONNX, sign, publish, state) per round, both as the worker
             # timed them
-            per_update = [(b["ms"] - b["close_ms"]) / b["n"] for b in batches]
+            per_update = [b["ms"] / b["n"] for b in batches]
             worker_stats["ms_per_admission_median"] = round(float(np.median(per_update)), 3)
-            worker_stats["updates_per_batch_median"] = float(np.median([b["n"] for b in batches]))
-            closes = [b["close_ms"] / b["closes"] for b in batches if b["closes"] == 1]
+            worker_stats["updates_per_summary_line_median"] = float(np.median([b["n"] for b in batches]))
             worker_stats["ms_round_close_median"] = (
                 round(float(np.median(closes)), 1) if closes else None)
             if exports:
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     float(np.median([e[0] for e in exports])), 2)
                 worker_stats["ms_publish_median"] = round(
                     float(np.median([e[1] for e in exports])), 2)
-            busy = sum(b["ms"] for b in batches) / 1e3
+            busy = (sum(b["ms"] for b in batches) + sum(closes)) / 1e3
             worker_stats["agent_busy_share_of_span"] = round(busy / span, 2) if span > 0 else None
             cpu = [c for c in cpu_samples if start <= c[0] <= published[-1]]
             if len(cpu) > 1 and cpu[-1][1] > cpu[0][1]:
