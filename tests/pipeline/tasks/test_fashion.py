@@ -50,3 +50,20 @@ def test_hidden_option_sets_model_size():  # type: ignore[no-untyped-def]
     assert count(wide) == 105_962  # ~100 k: the aggregator benchmarks' model
     with pytest.raises(ValueError):
         get_task("fashion-mnist", num_nodes=2, hidden=0)
+
+
+def test_pooling_before_tanh_is_exact():  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    from pipeline.tasks.fashion import FashionCNN
+
+    torch.manual_seed(0)
+    model = FashionCNN().eval()
+    f = model.features
+    # the textbook order (tanh, then pool) on the same modules gives bit-identical outputs
+    textbook = nn.Sequential(f[0], f[1], f[3], f[2], f[4], f[5], f[7], f[6], model.head)
+    assert [type(m) for m in f] == [nn.Conv2d, nn.GroupNorm, nn.MaxPool2d, nn.Tanh] * 2
+    x = torch.randn(64, 1, 28, 28) * 3
+    with torch.no_grad():
+        assert torch.equal(model(x), textbook(x))
