@@ -31,9 +31,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing as mp
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ from pipeline.codec import (
     generate_keypair,
 )
 from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
-from pipeline.ledger import PrivacyLedger, ledger_path
+from pipeline.ledger import BudgetExceededError, PrivacyLedger, ledger_path
 from pipeline.ledger_analysis import Mechanism
 from pipeline.strategies import ClientResult, Strategy, make_strategy
 from pipeline.tasks import Task, TrainConfig, get_task
@@ -221,6 +224,130 @@ class EdgeNode:
         return encode_update(update, private_key=self._private_key, compression=self.compression)
 
 
+# ---------------------------------------------------------------------------- node workers
+_Outcome = tuple[int, bytes | None, str | None]  # (node index, update bytes, refusal message)
+
+
+def _train_nodes(nodes: Sequence[EdgeNode], weights: Mapping[str, np.ndarray], *, round: int,
+                 version: int) -> tuple[list[_Outcome], dict[str, float]]:
+    """Run one round on ``nodes`` one after the other; budget refusals become outcomes."""
+    outcomes: list[_Outcome] = []
+    for node in nodes:
+        try:
+            outcomes.append((node.index, node.train_round(weights, round=round,
+                                                          version=version), None))
+        except BudgetExceededError as exc:
+            outcomes.append((node.index, None, str(exc)))
+    eps = {n.node_id: (n.ledger.epsilon() if n.ledger else float("inf")) for n in nodes}
+    return outcomes, eps
+
+
+def _worker_main(conn: Any, nodes: Sequence[EdgeNode], threads: int) -> None:
+    """Body of a forked node worker: owns ``nodes`` (data, ledger, key) for the whole run."""
+    torch.set_num_threads(threads)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "stop":
+                return
+            _, r, version, weights = msg
+            try:
+                conn.send(("ok", *_train_nodes(nodes, weights, round=r, version=version)))
+            except Exception as exc:  # noqa: BLE001 - re-raised in the parent
+                conn.send(("error", exc))
+    except (EOFError, KeyboardInterrupt):
+        return
+    finally:
+        conn.close()
+
+
+def balance(costs: Sequence[float], workers: int) -> list[list[int]]:
+    """Assign jobs to ``workers`` bins, largest first to the least loaded (LPT), deterministic.
+
+    Examples
+    --------
+    >>> balance([5, 1, 4, 2, 3], 2)
+    [[0, 1, 3], [2, 4]]
+    """
+    bins: list[list[int]] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for i in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        w = min(range(workers), key=lambda k: (load[k], k))
+        bins[w].append(i)
+        load[w] += costs[i]
+    return [sorted(b) for b in bins]
+
+
+class _NodePool:
+    """Edge nodes trained in forked worker processes, ``threads`` torch threads each.
+
+    Each worker is forked once with its share of the :class:`EdgeNode` objects and keeps them
+    (data, ledger, signing key) for the whole run: only global weights go in and signed update
+    bytes, refusals and ε values come out, exactly what would cross the network. Every node
+    still checks its budget before training and flushes its ledger before it encodes.
+    """
+
+    def __init__(self, nodes: Sequence[EdgeNode], *, workers: int, threads: int) -> None:
+        ctx = mp.get_context("fork")
+        groups = balance([float(n.batch_size) for n in nodes], workers)
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        try:
+            for group in groups:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker_main, daemon=True,
+                                   args=(child, [nodes[i] for i in group], threads),
+                                   name=f"edgeveil-nodes-{len(self._procs)}")
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def submit(self, weights: Mapping[str, np.ndarray], *, round: int, version: int) -> None:
+        """Start round ``round`` from ``weights`` on every worker (returns at once)."""
+        plain = {k: np.asarray(v) for k, v in weights.items()}
+        for conn in self._conns:
+            conn.send(("train", round, version, plain))
+
+    def collect(self) -> tuple[list[_Outcome], dict[str, float]]:
+        """Wait for the submitted round; outcomes in node order and every node's ε."""
+        outcomes: list[_Outcome] = []
+        eps: dict[str, float] = {}
+        error: BaseException | None = None
+        for conn in self._conns:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                error = error or RuntimeError("a node worker died")
+                continue
+            if msg[0] == "error":
+                error = error or msg[1]
+                continue
+            outcomes.extend(msg[1])
+            eps.update(msg[2])
+        if error is not None:
+            raise error
+        return sorted(outcomes, key=lambda o: o[0]), eps
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+
 @dataclass(frozen=True)
 class RoundResult:
     """What the aggregator did in one round.
@@ -362,6 +489,32 @@ def common_batch_sizes(sizes: Sequence[int], *, batch_size: int) -> list[int]:
     return [max(1, -(-n // k)) for n in sizes]
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _worker_count(workers: int | None, nodes: int) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        n = min(workers, nodes)
+    else:
+        n = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1), nodes)
+    if n > 1 and "fork" not in mp.get_all_start_methods():
+        logger.info("no fork start method here: training the nodes in this process")
+        return 1
+    return max(1, n)
+
+
 def _noise_for(node: EdgeNode, *, epsilon: float, delta: float, rounds: int,
                accountant: Mechanism) -> float:
     return noise_multiplier_for_budget(epsilon=epsilon, delta=delta, sample_rate=node.sample_rate,
@@ -390,6 +543,7 @@ def simulate(
     eval_every: int = 1,
     eval_split: str = "test",
     progress: Callable[[int, RoundRow], None] | None = None,
+    workers: int | None = None,
 ) -> SimulationResult:
     """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
 
@@ -422,6 +576,13 @@ def simulate(
         Evaluate the global model every n rounds (and always after the last).
     progress
         Called after each round with ``(round, row)`` (the CLI draws its progress bar with it).
+    workers
+        Train the nodes in this many forked worker processes, each with
+        ``max(1, torch.get_num_threads() // workers)`` torch threads (nodes are balanced over
+        the workers by batch size). ``None`` (default): one per available CPU, at most one per
+        node; ``1``: every node in this process, one after the other. A node's update depends
+        only on the seed and its torch thread count, not on the worker layout: with one thread
+        per worker, 2 and 10 workers give the same result. Aggregation order is always node order.
 
     Raises
     ------
@@ -492,38 +653,62 @@ def simulate(
         set_weights(eval_model, weights)
         return the_task.evaluate(eval_model, split=eval_split)  # type: ignore[arg-type]
 
-    initial_metrics = _evaluate(initial)
     metric_name = the_task.primary_metric
     rows: list[RoundRow] = []
-    metrics = initial_metrics
-    from pipeline.ledger import BudgetExceededError
-
-    for r in range(1, rounds + 1):
+    n_workers = _worker_count(workers, len(edge))
+    caller_threads = torch.get_num_threads()
+    worker_threads = max(1, caller_threads // n_workers)
+    pool = _NodePool(edge, workers=n_workers, threads=worker_threads) if n_workers > 1 else None
+    try:
+        if pool is not None:
+            # the nodes train round 1 while this process evaluates the initial model
+            pool.submit(aggregator.weights, round=1, version=aggregator.version)
+            with _torch_threads(worker_threads):
+                initial_metrics = _evaluate(initial)
+        else:
+            initial_metrics = _evaluate(initial)
+        metrics = initial_metrics
         t0 = time.perf_counter()
-        refused: list[str] = []
-        for node in edge:
-            try:
-                data = node.train_round(aggregator.weights, round=r, version=aggregator.version)
-            except BudgetExceededError as exc:
-                logger.warning("%s", exc)
-                refused.append(node.node_id)
-                continue
-            aggregator.receive(data)
-        result = aggregator.close_round(round=r)
-        if r % eval_every == 0 or r == rounds:
-            metrics = _evaluate(result.weights)
-        eps = {n.node_id: (n.ledger.epsilon() if n.ledger else float("inf")) for n in edge}
-        row = RoundRow(round=r, metric_name=metric_name, metric=float(metrics[metric_name]),
-                       metrics={k: v for k, v in metrics.items() if ":" not in k},
-                       epsilon_max=max(eps.values()), epsilons=eps,
-                       bytes_per_update=float(np.mean(list(result.update_bytes.values()) or [0])),
-                       raw_float32_bytes=raw_bytes, seconds=time.perf_counter() - t0,
-                       nodes_refused=tuple(refused))
-        rows.append(row)
-        if out_dir is not None:
-            _append_row(out_dir, row)
-        if progress is not None:
-            progress(r, row)
+        for r in range(1, rounds + 1):
+            if pool is not None:
+                outcomes, node_eps = pool.collect()
+            else:
+                outcomes, node_eps = _train_nodes(edge, aggregator.weights, round=r,
+                                                  version=aggregator.version)
+            refused: list[str] = []
+            for index, data, refusal in outcomes:
+                if data is None:
+                    logger.warning("%s", refusal)
+                    refused.append(edge[index].node_id)
+                else:
+                    aggregator.receive(data)
+            result = aggregator.close_round(round=r)
+            overlapped = pool is not None and r < rounds
+            if overlapped:
+                # round r+1 trains from these weights while they are evaluated here
+                pool.submit(result.weights, round=r + 1, version=aggregator.version)
+            if r % eval_every == 0 or r == rounds:
+                with _torch_threads(worker_threads if overlapped else caller_threads):
+                    metrics = _evaluate(result.weights)
+            eps = {n.node_id: node_eps[n.node_id] for n in edge}
+            t1 = time.perf_counter()
+            row = RoundRow(round=r, metric_name=metric_name,
+                           metric=float(metrics[metric_name]),
+                           metrics={k: v for k, v in metrics.items() if ":" not in k},
+                           epsilon_max=max(eps.values()), epsilons=eps,
+                           bytes_per_update=float(np.mean(list(result.update_bytes.values())
+                                                          or [0])),
+                           raw_float32_bytes=raw_bytes, seconds=t1 - t0,
+                           nodes_refused=tuple(refused))
+            t0 = t1
+            rows.append(row)
+            if out_dir is not None:
+                _append_row(out_dir, row)
+            if progress is not None:
+                progress(r, row)
+    finally:
+        if pool is not None:
+            pool.close()
     sim = SimulationResult(task=the_task.name, initial_metrics=initial_metrics,
                            rounds=tuple(rows), final_metrics=metrics,
                            epsilons=rows[-1].epsilons, noise_multipliers=sigmas,

@@ -100,3 +100,34 @@ def test_aggregator_rejects_unverifiable_updates(fashion):  # type: ignore[no-un
         agg.receive(data)
     result = agg.close_round(round=1)
     assert result.version == 1 and result.node_ids == ("fmnist-00",)
+
+
+def test_node_workers_change_nothing_but_speed(fashion, tmp_path):  # type: ignore[no-untyped-def]
+    # one torch thread everywhere (fixture): in-process, 2 and 3 forked workers are bit-identical
+    kw = dict(task=fashion, rounds=2, epsilon=8.0, accountant="rdp", seed=3, local_steps=3,
+              batch_size=50, lr=1.0)
+    one = simulate(workers=1, **kw)
+    for workers in (2, 3):
+        many = simulate(workers=workers, out=tmp_path / str(workers), **kw)
+        assert [r.metric for r in many.rounds] == [r.metric for r in one.rounds]
+        assert many.initial_metrics == one.initial_metrics
+        assert many.epsilons == one.epsilons
+        assert all(np.array_equal(many.weights[k], one.weights[k]) for k in one.weights)
+        # each worker flushed its nodes' ledgers before their updates left it
+        for node, eps in many.epsilons.items():
+            on_disk = PrivacyLedger.open(tmp_path / str(workers) / "ledgers" /
+                                         f"{node}.ledger.json", node_id=node, budget=8.0,
+                                         delta=1e-5, mechanism="rdp")
+            assert on_disk.total_steps == 2 * 3 and on_disk.epsilon() == eps
+    with pytest.raises(ValueError):
+        simulate(workers=0, **kw)
+
+
+def test_balance_spreads_batches_over_workers():  # type: ignore[no-untyped-def]
+    from pipeline.simulation import balance
+
+    bins = balance([262, 260, 155, 275, 158, 127, 296, 302, 243, 427], 2)
+    assert sorted(i for b in bins for i in b) == list(range(10))
+    loads = [sum([262, 260, 155, 275, 158, 127, 296, 302, 243, 427][i] for i in b) for b in bins]
+    assert max(loads) - min(loads) <= 50
+    assert balance([1.0], 3) == [[0], [], []]
