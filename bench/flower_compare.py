@@ -7,7 +7,14 @@ every round on both sides. Flower runs ``flwr.simulation.run_simulation`` with i
 (flwr is a bench extra, never a runtime dependency). EdgeVeil's run goes through its full
 encode → sign → verify → decode → admit path with int8 updates; Flower ships float32 arrays.
 
+EdgeVeil trains its nodes in forked worker processes (``simulate(workers=None)``: one per CPU,
+``--threads`` torch threads shared among them); Flower runs one Ray actor per CPU with
+``--flower-client-threads`` torch threads each. The load average is recorded around every run:
+the machine may be shared, and ratios within one run are what to compare.
+
 Usage: python bench/flower_compare.py --rounds 10 --out bench/results/flower_compare.json
+       python bench/flower_compare.py --rounds 3 --seeds 0,1,2   # one subprocess per seed,
+                                                                 # mean ± std over seeds
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ import argparse
 import json
 import logging
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -30,15 +41,18 @@ from pipeline.simulation import common_batch_sizes, simulate
 from pipeline.tasks import get_task
 from pipeline.weights import get_weights, set_weights
 
-_TASK: Any = None
+_TASKS: dict[tuple[int, int], Any] = {}
 _FLOWER_LOG: dict[str, Any] = {"accuracy": []}
 
 
 def _task(nodes: int, seed: int) -> Any:
-    global _TASK
-    if _TASK is None:
-        _TASK = get_task("fashion-mnist", num_nodes=nodes, seed=seed)
-    return _TASK
+    if (nodes, seed) not in _TASKS:
+        _TASKS[(nodes, seed)] = get_task("fashion-mnist", num_nodes=nodes, seed=seed)
+    return _TASKS[(nodes, seed)]
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
@@ -110,6 +124,8 @@ def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
                           initial_parameters=ndarrays_to_parameters([init[k] for k in names]))
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=args.rounds))
 
+    _FLOWER_LOG["accuracy"] = []
+    load_before = _load()
     t0 = time.perf_counter()
     run_simulation(server_app=ServerApp(server_fn=server_fn),
                    client_app=ClientApp(client_fn=client_fn), num_supernodes=nodes,
@@ -122,7 +138,60 @@ def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
     return {"accuracy": acc[-1] if acc else None,
             "accuracy_per_round": [round(a, 4) for a in acc[1:]],
             "seconds": round(seconds, 1), "backend": "ray",
-            "ray_cpus": args.flower_cpus, "client_threads": threads}
+            "ray_cpus": args.flower_cpus, "client_threads": threads,
+            "loadavg_before": load_before, "loadavg_after": _load()}
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def run_seeds(args: argparse.Namespace, seeds: list[int]) -> dict[str, Any]:
+    """Run every seed in its own subprocess (fresh Ray, fresh caches) and summarise."""
+    per_seed: list[dict[str, Any]] = []
+    passthrough = [a for a in sys.argv[1:]]
+    drop = {"--seeds", "--seed", "--out"}
+    argv: list[str] = []
+    skip = False
+    for a in passthrough:
+        if skip:
+            skip = False
+            continue
+        if a in drop:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in drop:
+            continue
+        argv.append(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            out = Path(tmp) / f"seed{seed}.json"
+            cmd = [sys.executable, __file__, *argv, "--seed", str(seed), "--out", str(out)]
+            logging.info("seed %d: %s", seed, " ".join(cmd))
+            subprocess.run(cmd, check=False)
+            per_seed.append(json.loads(out.read_text()) if out.exists()
+                            else {"config": {"seed": seed}, "error": "no result written"})
+    summary: dict[str, Any] = {}
+    for side in ("edgeveil", "flower"):
+        ok = [r["results"][side] for r in per_seed
+              if r.get("results", {}).get(side, {}).get("seconds")]
+        if ok:
+            summary[side] = {"accuracy": _mean_std([r["accuracy"] for r in ok]),
+                             "seconds": _mean_std([r["seconds"] for r in ok])}
+    ratios = [r["time_ratio_edgeveil_over_flower"] for r in per_seed
+              if "time_ratio_edgeveil_over_flower" in r]
+    diffs = [r["accuracy_diff_points"] for r in per_seed if "accuracy_diff_points" in r]
+    if ratios:
+        summary["time_ratio_edgeveil_over_flower"] = _mean_std(ratios)
+        summary["ratio_of_mean_seconds"] = (summary["edgeveil"]["seconds"]["mean"]
+                                            / summary["flower"]["seconds"]["mean"])
+        summary["accuracy_diff_points"] = _mean_std(diffs)
+    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "seeds": seeds, "summary": summary, "per_seed": per_seed,
+            "flwr_version": next((r.get("flwr_version") for r in per_seed
+                                  if r.get("flwr_version")), None)}
 
 
 def main() -> None:
@@ -135,7 +204,13 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=3.0)
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for EdgeVeil")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds: one subprocess per seed, both sides each, "
+                         "then mean ± std (overrides --seed)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads for EdgeVeil (split among its node workers)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="EdgeVeil node worker processes (default: one per CPU)")
     ap.add_argument("--flower-cpus", type=int, default=2, help="CPUs given to Ray")
     ap.add_argument("--flower-client-threads", type=int, default=1)
     ap.add_argument("--runs", default="edgeveil,flower")
@@ -143,6 +218,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
+    if args.seeds:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        out_all = run_seeds(args, seeds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out_all, indent=1))
+        print(json.dumps(out_all["summary"], indent=1))
+        return
     torch.set_num_threads(args.threads)
     task = _task(args.nodes, args.seed)
     if args.lr is None:
@@ -160,14 +242,19 @@ def main() -> None:
                            "noise_multiplier": sigma, "sample_rate": q, "results": {}}
     for run in args.runs.split(","):
         if run == "edgeveil":
+            load_before = _load()
             sim = simulate(task=task, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
                            seed=args.seed, local_steps=args.local_steps,
-                           batch_size=args.batch_size, lr=args.lr, noise_multiplier=sigma)
+                           batch_size=args.batch_size, lr=args.lr, noise_multiplier=sigma,
+                           workers=args.workers)
             out["results"]["edgeveil"] = {
                 "accuracy": sim.final_metrics["accuracy"],
                 "accuracy_per_round": [round(r.metric, 4) for r in sim.rounds],
                 "epsilon_max": max(sim.epsilons.values()), "seconds": round(sim.seconds, 1),
-                "bytes_per_update": sim.rounds[-1].bytes_per_update}
+                "seconds_per_round": [round(r.seconds, 1) for r in sim.rounds],
+                "bytes_per_update": sim.rounds[-1].bytes_per_update,
+                "workers": args.workers, "loadavg_before": load_before,
+                "loadavg_after": _load()}
         elif run == "flower":
             try:
                 import flwr
@@ -185,6 +272,7 @@ def main() -> None:
         out["accuracy_diff_points"] = 100 * (r["edgeveil"]["accuracy"] - r["flower"]["accuracy"])
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
+    sys.stdout.flush()
     os._exit(0)  # Ray may leave non-daemon threads behind
 
 
