@@ -509,8 +509,8 @@ def _worker_count(workers: int | None, nodes: int) -> int:
     else:
         n = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                 else (os.cpu_count() or 1), nodes)
-    if n > 1 and "fork" not in mp.get_all_start_methods():
-        logger.info("no fork start method here: training the nodes in this process")
+    if n > 1 and ("fork" not in mp.get_all_start_methods() or mp.current_process().daemon):
+        logger.info("cannot fork node workers here: training the nodes in this process")
         return 1
     return max(1, n)
 
