@@ -235,10 +235,11 @@ async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
     log.warning("rejected update at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
 
-#: at most this many updates are admitted under one lock acquisition; a batch waits at most
-#: BATCH_WITHIN_S for more updates once its first one arrived
+#: at most this many updates are admitted under one lock acquisition. faust's take_events hands
+#: over what arrived when the batch is full or BATCH_WITHIN_S after it started waiting, so a lone
+#: update (a synchronous round's last one) waits at most that long before it is admitted
 BATCH_MAX = 32
-BATCH_WITHIN_S = 0.02
+BATCH_WITHIN_S = 0.01
 
 
 @app.agent(updates_topic)
