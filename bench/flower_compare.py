@@ -7,6 +7,11 @@ every round on both sides. Flower runs ``flwr.simulation.run_simulation`` with i
 (flwr is a bench extra, never a runtime dependency). EdgeVeil's run goes through its full
 encode → sign → verify → decode → admit path with int8 updates; Flower ships float32 arrays.
 
+By default both sides also draw the same random streams: Flower's client for partition i in round
+r seeds one generator exactly as EdgeVeil's node i does (sampling and noise), so with equal
+batches and noise the accuracy difference comes from the systems (EdgeVeil's int8 updates,
+aggregation arithmetic); ``--flower-streams own`` restores Opacus' unseeded streams.
+
 EdgeVeil trains its nodes in forked worker processes (``simulate(workers=None)``: one per CPU,
 ``--threads`` torch threads shared among them); Flower runs one Ray actor per CPU with
 ``--flower-client-threads`` torch threads each. The load average is recorded around every run:
@@ -37,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.dp import noise_multiplier_for_budget
+from pipeline.simulation import _seed as stream_seed
 from pipeline.simulation import common_batch_sizes, simulate
 from pipeline.tasks import get_task
 from pipeline.weights import get_weights, set_weights
@@ -66,6 +72,7 @@ def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
 
     nodes, seed, lr, steps = args.nodes, args.seed, args.lr, args.local_steps
     threads = args.flower_client_threads
+    same_streams = args.flower_streams == "edgeveil"
 
     class DPClient(NumPyClient):  # type: ignore[misc]
         def __init__(self, pid: int) -> None:
@@ -80,14 +87,19 @@ def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
             model = task.build_model()
             set_weights(model, dict(zip(names, parameters, strict=True)))
             cfg = task.train_config
+            generator = None
+            if same_streams:  # EdgeVeil's per-(seed, node, round) stream for batches and noise
+                generator = torch.Generator().manual_seed(
+                    stream_seed(seed, self.pid, int(config["round"])))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 engine = PrivacyEngine(accountant="prv")
                 m, opt, loader = engine.make_private(
                     module=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
-                    data_loader=DataLoader(data, batch_size=batches[self.pid]),
+                    data_loader=DataLoader(data, batch_size=batches[self.pid],
+                                           generator=generator),
                     noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
-                    grad_sample_mode=cfg.grad_sample_mode)
+                    grad_sample_mode=cfg.grad_sample_mode, noise_generator=generator)
                 loss_fn = task.loss_fn()
                 done = 0
                 while done < steps:
@@ -120,11 +132,14 @@ def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
 
         strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=nodes,
                           min_available_clients=nodes, min_evaluate_clients=0,
-                          evaluate_fn=evaluate,
+                          evaluate_fn=evaluate, on_fit_config_fn=lambda rnd: {"round": rnd},
                           initial_parameters=ndarrays_to_parameters([init[k] for k in names]))
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=args.rounds))
 
     _FLOWER_LOG["accuracy"] = []
+    # Ray starts its workers at nice 15 by default: on a shared machine that hands EdgeVeil's
+    # (nice 0) workers an unfair advantage, so Flower's clients get the same priority here
+    os.environ["RAY_worker_niceness"] = str(args.flower_niceness)
     load_before = _load()
     t0 = time.perf_counter()
     run_simulation(server_app=ServerApp(server_fn=server_fn),
@@ -139,6 +154,7 @@ def run_flower(args: argparse.Namespace, *, sigma: float, batches: list[int],
             "accuracy_per_round": [round(a, 4) for a in acc[1:]],
             "seconds": round(seconds, 1), "backend": "ray",
             "ray_cpus": args.flower_cpus, "client_threads": threads,
+            "streams": args.flower_streams, "worker_niceness": args.flower_niceness,
             "loadavg_before": load_before, "loadavg_after": _load()}
 
 
@@ -213,6 +229,13 @@ def main() -> None:
                     help="EdgeVeil node worker processes (default: one per CPU)")
     ap.add_argument("--flower-cpus", type=int, default=2, help="CPUs given to Ray")
     ap.add_argument("--flower-client-threads", type=int, default=1)
+    ap.add_argument("--flower-niceness", type=int, default=0,
+                    help="nice value of Ray's worker processes (Ray's own default is 15)")
+    ap.add_argument("--flower-streams", choices=("edgeveil", "own"), default="edgeveil",
+                    help="edgeveil: Flower clients draw Poisson batches and DP noise from the "
+                         "same per-(seed, node, round) generator as EdgeVeil's nodes, so the "
+                         "accuracy gap is the systems' (int8 updates, aggregation), not luck; "
+                         "own: Opacus' unseeded default streams")
     ap.add_argument("--runs", default="edgeveil,flower")
     ap.add_argument("--out", type=Path, default=Path("bench/results/flower_compare.json"))
     args = ap.parse_args()
