@@ -7,6 +7,9 @@ those bytes, admits each (node, round) once, and combines the deltas with a stra
 :func:`pipeline.strategies.make_strategy` (:meth:`Aggregator.receive`,
 :meth:`Aggregator.close_round`). :func:`simulate` wires N nodes and an aggregator together with
 function calls instead of Kafka topics; the agents use the same two classes with a real transport.
+By default :func:`simulate` forks one worker process per CPU and each worker keeps its share of
+the nodes (data, ledger, key) for the whole run: global weights go in, signed update bytes come
+out, and the aggregator receives them in node order, so the layout does not change the result.
 
 Order of operations inside :meth:`EdgeNode.train_round` (privacy invariant 3):
 

@@ -131,3 +131,16 @@ def test_balance_spreads_batches_over_workers():  # type: ignore[no-untyped-def]
     loads = [sum([262, 260, 155, 275, 158, 127, 296, 302, 243, 427][i] for i in b) for b in bins]
     assert max(loads) - min(loads) <= 50
     assert balance([1.0], 3) == [[0], [], []]
+
+
+def test_worker_errors_reach_the_caller(fashion):  # type: ignore[no-untyped-def]
+    class Broken:
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(fashion, name)
+
+        def loss_fn(self):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom in a node worker")
+
+    with pytest.raises(RuntimeError, match="boom in a node worker"):
+        simulate(task=Broken(), rounds=2, epsilon=8.0, accountant="rdp", seed=0, local_steps=2,
+                 batch_size=50, workers=2)
