@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
                                         help="int8, float16 or float32."),
         local_steps: int = typer.Option(None, "--local-steps", help="DP-SGD steps per round."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
+        workers: int = typer.Option(None, "--workers", min=1,
+                                    help="Processes training the nodes (default: one per CPU; "
+                                    "any number gives the same result)."),
         out: Path = typer.Option(Path("runs/simulate"), "--out", "-o",
                                  help="Folder for rounds.jsonl/.csv, summary.json, ledgers/."),
     ) -> None:
@@ -59,7 +62,7 @@ def register(app: typer.Typer) -> None:
                              epsilon=epsilon if epsilon > 0 else None, delta=delta,
                              strategy=strategy, accountant=accountant,  # type: ignore[arg-type]
                              compression=compression, local_steps=local_steps, seed=seed,
-                             out=out, progress=progress)
+                             workers=workers, out=out, progress=progress)
             except (ValueError, LedgerCorruptError, BudgetExceededError) as exc:
                 typer.secho(str(exc), fg="red", err=True)
                 raise typer.Exit(1) from exc

@@ -30,3 +30,19 @@ def test_privacy_show_reports_corrupt_ledger(tmp_path):  # type: ignore[no-untyp
     res = CliRunner().invoke(app, ["privacy", "show", str(tmp_path)])
     assert res.exit_code == 2
     assert "corrupt" in res.output or "corrupt" in (res.stderr if res.stderr_bytes else "")
+
+
+def test_simulate_workers_option_keeps_the_result(tmp_path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    metrics = []
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        res = runner.invoke(app, ["simulate", "--task", "pedestrian-forecast", "--nodes", "2",
+                                  "--rounds", "1", "--epsilon", "4", "--accountant", "rdp",
+                                  "--local-steps", "2", "--workers", str(w), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        metrics.append(json.loads((out / "rounds.jsonl").read_text().splitlines()[0])["metric"])
+    assert metrics[0] == metrics[1]
+    bad = runner.invoke(app, ["simulate", "--task", "pedestrian-forecast", "--workers", "0",
+                              "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2  # typer rejects it before any work
