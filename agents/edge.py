@@ -164,15 +164,15 @@ class _Edge:
     def forecast(self, node_id: str, version: int) -> tuple[float, float] | None:
         """(forecast, actual) count for one test-period hour, served by the ONNX model."""
         windows = getattr(self.task, "windows", None)
-        to_count = getattr(self.task, "count_from_output", None)
-        if windows is None or to_count is None or self.slot.version is None:
+        to_counts = getattr(self.task, "counts_from_output", None)
+        if windows is None or to_counts is None or self.slot.version is None:
             return None
         w = windows(node_id, "test")
         if len(w.x) == 0:
             return None
         i = (version * 97) % len(w.x)
         z, _ = self.slot.predict(w.x[i:i + 1])
-        return float(to_count(node_id, float(z.reshape(-1)[0]))), float(w.counts[i])
+        return float(to_counts(node_id, z.reshape(-1))[0]), float(w.counts[i])
 
 
 _edge: _Edge | None = None

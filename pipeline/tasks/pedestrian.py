@@ -263,10 +263,6 @@ class PedestrianForecastTask:
         pred: np.ndarray = np.clip(np.expm1(np.asarray(z, np.float64) * sd + mu), 0.0, None)
         return pred
 
-    def count_from_output(self, node_id: str, z: float) -> float:
-        """One standardized log output → a count; see :meth:`counts_from_output`."""
-        return float(self.counts_from_output(node_id, np.asarray([z]))[0])
-
     def evaluate(self, model: nn.Module, *, split: Split = "test",
                  node_id: str | None = None) -> dict[str, float]:
         """MAE and sMAPE overall (pooled windows) and per node (``mae:<node>``, ``smape:<node>``)."""
