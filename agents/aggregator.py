@@ -3,8 +3,11 @@
 Consumes ``edgeveil.updates``, verifies and admits each update with
 :class:`pipeline.rounds.RoundCoordinator`, keeps the round in changelog-backed tables (so a
 restarted worker resumes the round), aggregates with the configured strategy, and publishes each
-new global model (weights + ONNX, signed) to ``edgeveil.models``. Everything it rejects goes to
-``edgeveil.dlq`` untouched, with the reason in the headers; the agent keeps running.
+new global model (weights + ONNX, signed) to ``edgeveil.models``. The tables hold the round's
+state and, per admitted update, where its record sits on ``edgeveil.updates``
+(:class:`agents.update_refs.UpdateRef`), not its bytes: a restarted worker reads them back.
+Everything it rejects goes to ``edgeveil.dlq`` untouched, with the reason in the headers; the
+agent keeps running.
 
 Configuration: the run directory in ``EDGEVEIL_RUN_DIR`` (:mod:`agents.federation`) and the
 broker settings of :mod:`agents.settings`. Run ONE aggregator worker per task: round state is a
@@ -14,6 +17,7 @@ single table key.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import Any
@@ -29,11 +33,10 @@ from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
 log = logging.getLogger(__name__)
 
 app = make_app("aggregator")
-# Every admitted update's bytes (~100 KB) go to the updates table's changelog. With the default
-# 16 KiB producer batches each write is a batch of its own, and aiokafka appends to a partition
-# only once its last batch has left, one request per broker in flight: the changelog moved one
-# update per partition per broker round trip, and the faust producer buffer filled up and paused
-# the stream. 1 MiB batches carry ~10 updates each (limits: 16 MiB, agents.settings).
+# Global models (weights + ONNX, ~0.5 MB for 100k parameters) go to the models topic and the
+# global table's changelog. With the default 16 KiB producer batches a large value is a batch of
+# its own, and aiokafka appends to a partition only once its last batch has left; 1 MiB batches
+# (limits: 16 MiB, agents.settings) also carry the small per-update references many at a time.
 app.conf.producer_max_batch_size = 1 << 20
 
 updates_topic = app.topic(UPDATES.name, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -47,9 +50,11 @@ dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer
 # the write came from, so recovery replays each key's writes in order.
 state_table = app.Table("aggregator-state", default=None, key_type=str,
                         use_partitioner=True, partitions=UPDATES.partitions)
-update_table = app.Table("aggregator-updates", default=None, key_type=str, value_type=bytes,
-                         use_partitioner=True,
-                         partitions=UPDATES.partitions)
+# update key -> UpdateRef.to_bytes() of each admitted, not yet aggregated update (~150 bytes;
+# the bytes themselves stay on the updates topic). A new name: the table of earlier versions held
+# the whole update bytes.
+update_table = app.Table("aggregator-update-refs", default=None, key_type=str, value_type=bytes,
+                         use_partitioner=True, partitions=UPDATES.partitions)
 global_table = app.Table("aggregator-global", default=None, key_type=str, value_type=bytes,
                          use_partitioner=True,
                          partitions=UPDATES.partitions)
@@ -80,6 +85,8 @@ class _Runtime:
         )
         self.loaded = False
         self.weights: dict[str, Any] | None = None  # the last published weights, decoded once
+        # bytes of the open round's admitted updates (their references are in update_table)
+        self.pending: dict[str, bytes] = {}
         self.lock = asyncio.Lock()
         self._decode = decode_global_model
         self._np = np
@@ -165,19 +172,63 @@ async def _load_state(rt: _Runtime) -> None:
     state = state_table.get(rt.cfg.task)
     if state is not None:
         rt.coordinator.load_state_dict(state)
-    # the state is saved when a round opens and closes, the bytes of every admitted update as it
-    # arrives: re-admitting the stored bytes gives back the open round exactly
-    prefix = f"{rt.cfg.task}|"
-    stored = {k: v for k, v in update_table.items()
-              if isinstance(k, str) and k.startswith(prefix) and v is not None}
+    # the state is saved when a round opens and closes, the reference of every admitted update as
+    # it arrives: re-admitting the referenced bytes gives back the open round exactly
+    stored = await _fetch_stored(rt)
     for key in rt.coordinator.resume(stored, now=time.time()):
         update_table.pop(key, None)
+        stored.pop(key, None)
+    rt.pending = {k: v for k, v in stored.items() if k in rt.coordinator.buffer}
     if state is not None or stored:
         log.info("resumed %s at version %d with %d buffered updates",
                  rt.cfg.task, rt.coordinator.version, len(rt.coordinator.buffer))
     if global_table.get(rt.cfg.task) is None:
         await _publish(rt, version=0, weights=rt.initial_weights, outcome=None)
     rt.loaded = True
+
+
+async def _fetch_stored(rt: _Runtime) -> dict[str, bytes]:
+    """The bytes of the updates update_table references, read back from the updates topic.
+
+    A reference that cannot be parsed, or whose record is gone or has other bytes, is dropped
+    from the table with a warning (the round goes on without it, as for an update that no
+    longer passes admission).
+    """
+    from kafka.errors import KafkaError
+
+    from agents.app import settings
+    from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs
+
+    prefix = f"{rt.cfg.task}|"
+    refs: dict[str, UpdateRef] = {}
+    for key, value in list(update_table.items()):
+        if not (isinstance(key, str) and key.startswith(prefix)) or value is None:
+            continue
+        try:
+            refs[key] = UpdateRef.from_bytes(value)
+        except UpdateRefError as err:
+            log.warning("dropping stored reference %s: %s", key, err)
+            update_table.pop(key, None)
+    if not refs:
+        return {}
+    t0 = time.perf_counter()
+    for attempt in itertools.count(1):
+        try:
+            found, missing = await asyncio.to_thread(fetch_refs, settings, refs)
+            break
+        except KafkaError as err:  # the broker is unreachable: the round waits, nothing is lost
+            log.warning("reading back %d stored update(s) failed (attempt %d: %s); retrying in 2 s",
+                        len(refs), attempt, err)
+            await asyncio.sleep(2.0)
+    await _changelog_metadata()  # an await passed: re-check before the table writes
+    for key, why in sorted(missing.items()):
+        r = refs[key]
+        log.warning("stored update %s (%s[%d]@%d) cannot be read back (%s); dropping it",
+                    key, r.topic, r.partition, r.offset, why)
+        update_table.pop(key, None)
+    log.info("read back %d of %d stored update(s) from %s in %.0f ms", len(found), len(refs),
+             UPDATES.name, (time.perf_counter() - t0) * 1e3)
+    return found
 
 
 async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
@@ -214,7 +265,7 @@ async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
 
 async def _close_round(rt: _Runtime) -> None:
     coord = rt.coordinator
-    stored = {k: v for k in coord.buffer if (v := update_table.get(k)) is not None}
+    stored = {k: v for k in coord.buffer if (v := rt.pending.get(k)) is not None}
     outcome = coord.aggregate(rt.current_weights(), stored)
     await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome)
     await _changelog_metadata()  # no await between this and the table writes below
@@ -223,6 +274,7 @@ async def _close_round(rt: _Runtime) -> None:
     state_table[rt.cfg.task] = coord.state_dict()
     for key in done:
         update_table.pop(key, None)
+        rt.pending.pop(key, None)
 
 
 async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
@@ -281,11 +333,14 @@ class _Tally:
 
 
 async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
+    from agents.update_refs import UpdateRef
+
     await _load_state(rt)  # also fetches the changelogs' metadata (_changelog_metadata)
     coord = rt.coordinator
     tally = _Tally()
     for event in events:
-        data = event.message.value
+        msg = event.message
+        data = msg.value
         try:
             offer = coord.offer(data or b"", now=time.time())
         except CodecError as err:
@@ -298,11 +353,14 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
             tally.duplicates += 1
             continue
         # no await between the metadata check (batch start, or after the last await) and here
-        update_table[offer.key] = data
+        rt.pending[offer.key] = data
+        update_table[offer.key] = UpdateRef(
+            topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            sha256=coord.buffer[offer.key], size=len(data)).to_bytes()
         if len(coord.buffer) == 1:
             # the round opened: save its opening time; later admissions are recovered from
-            # their bytes in update_table (RoundCoordinator.resume), so the per-update write
-            # stays one update's bytes instead of the whole, growing state
+            # their references in update_table (RoundCoordinator.resume), so the per-update
+            # write stays one small reference instead of the whole, growing state
             state_table[rt.cfg.task] = coord.state_dict()
         tally.admitted += 1
         tally.last = f"{offer.key} (staleness {offer.staleness}, {len(coord.buffer)} buffered)"
