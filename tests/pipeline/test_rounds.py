@@ -281,3 +281,40 @@ def test_decoded_tensors_are_independent_writable_float32(nodes) -> None:
         np.testing.assert_allclose(back["a"], delta["a"], atol=5 / 254)
         back["a"][...] = 7.0  # writing one tensor leaves the other alone
         np.testing.assert_allclose(back["b"], delta["b"], atol=2.5 / 254)
+
+
+def test_verify_in_threads_then_offer_equals_plain_offer(nodes) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.rounds import Verified
+
+    frames = [_update(nodes, f"n{i}", value=float(i), n=10 + i) for i in range(4)]
+    frames.append(b"not an update at all")
+    frames.append(_update(nodes, "n0", task="other"))
+    c1, c2 = _coord(nodes, quorum=4), _coord(nodes, quorum=4)
+
+    def check(data: bytes):
+        try:
+            return c1.verify(data)
+        except CodecError as err:
+            return err
+
+    with ThreadPoolExecutor(3) as pool:
+        checked = list(pool.map(check, frames))
+    assert isinstance(checked[4], CodecError) and checked[4].reason == "bad_magic"
+    assert isinstance(checked[5], CodecError) and checked[5].reason == "wrong_task"
+    assert not c1.buffer  # verify admits nothing
+    for v in checked[:4]:
+        assert isinstance(v, Verified)
+        c1.offer(v, now=0)
+    for data in frames[:4]:
+        c2.offer(data, now=0)
+    assert c1.buffer == c2.buffer and c1.due(now=0)
+    np.testing.assert_array_equal(c1.aggregate(GLOBAL, dict(zip(sorted(c1.buffer), frames[:4])))
+                                  .weights["w"],
+                                  c2.aggregate(GLOBAL, dict(zip(sorted(c2.buffer), frames[:4])))
+                                  .weights["w"])
+    # a redelivery verified again is still a duplicate
+    assert c1.offer(c1.verify(frames[0]), now=0).duplicate
+    with pytest.raises(ValueError, match="coordinator that verified it"):
+        c2.offer(c1.verify(frames[1]), now=0)
