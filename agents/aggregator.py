@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -334,9 +335,21 @@ class _Tally:
         self.reset()
 
 
-#: threads that decode and verify a batch's updates at once: the Ed25519 check (libsodium), zstd
-#: and the numpy passes release the GIL, so they overlap each other and the event loop
-VERIFY_THREADS = 2
+def _verify_threads() -> int:
+    raw = os.environ.get("EDGEVEIL_AGGREGATOR_VERIFY_THREADS", "2")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"EDGEVEIL_AGGREGATOR_VERIFY_THREADS must be an integer, got {raw!r}") from None
+    if n < 0:
+        raise ValueError(f"EDGEVEIL_AGGREGATOR_VERIFY_THREADS must be >= 0, got {n}")
+    return n
+
+
+#: threads that decode and verify a batch's updates at once (0: in the event loop): the Ed25519
+#: check (libsodium), zstd and the numpy passes release the GIL, so they overlap each other and
+#: the event loop
+VERIFY_THREADS = _verify_threads()
 
 
 async def _verify_all(rt: _Runtime, frames: list[bytes]) -> list[Verified | CodecError]:
@@ -349,8 +362,8 @@ async def _verify_all(rt: _Runtime, frames: list[bytes]) -> list[Verified | Code
         except CodecError as err:
             return err
 
-    if len(frames) == 1:
-        return [one(frames[0])]
+    if len(frames) == 1 or VERIFY_THREADS == 0:
+        return [one(f) for f in frames]
     if rt.verify_pool is None:
         rt.verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
     loop = asyncio.get_running_loop()
