@@ -310,9 +310,9 @@ def test_verify_in_threads_then_offer_equals_plain_offer(nodes) -> None:
     for data in frames[:4]:
         c2.offer(data, now=0)
     assert c1.buffer == c2.buffer and c1.due(now=0)
-    np.testing.assert_array_equal(c1.aggregate(GLOBAL, dict(zip(sorted(c1.buffer), frames[:4])))
+    np.testing.assert_array_equal(c1.aggregate(GLOBAL, dict(zip(sorted(c1.buffer), frames[:4], strict=True)))
                                   .weights["w"],
-                                  c2.aggregate(GLOBAL, dict(zip(sorted(c2.buffer), frames[:4])))
+                                  c2.aggregate(GLOBAL, dict(zip(sorted(c2.buffer), frames[:4], strict=True)))
                                   .weights["w"])
     # a redelivery verified again is still a duplicate
     assert c1.offer(c1.verify(frames[0]), now=0).duplicate
