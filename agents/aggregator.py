@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agents import federation
@@ -29,7 +27,7 @@ from agents.app import make_app
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
 from pipeline.codec import CodecError
 from pipeline.global_model import encode_global_model
-from pipeline.rounds import RoundCoordinator, RoundOutcome, RoundPolicy, Verified
+from pipeline.rounds import RoundCoordinator, RoundOutcome, RoundPolicy
 from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
 
 log = logging.getLogger(__name__)
@@ -89,7 +87,6 @@ class _Runtime:
         self.weights: dict[str, Any] | None = None  # the last published weights, decoded once
         # bytes of the open round's admitted updates (their references are in update_table)
         self.pending: dict[str, bytes] = {}
-        self.verify_pool: ThreadPoolExecutor | None = None
         self.lock = asyncio.Lock()
         self._decode = decode_global_model
         self._np = np
@@ -335,57 +332,17 @@ class _Tally:
         self.reset()
 
 
-def _verify_threads() -> int:
-    raw = os.environ.get("EDGEVEIL_AGGREGATOR_VERIFY_THREADS", "2")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"EDGEVEIL_AGGREGATOR_VERIFY_THREADS must be an integer, got {raw!r}") from None
-    if n < 0:
-        raise ValueError(f"EDGEVEIL_AGGREGATOR_VERIFY_THREADS must be >= 0, got {n}")
-    return n
-
-
-#: threads that decode and verify a batch's updates at once (0: in the event loop): the Ed25519
-#: check (libsodium), zstd and the numpy passes release the GIL, so they overlap each other and
-#: the event loop
-VERIFY_THREADS = _verify_threads()
-
-
-async def _verify_all(rt: _Runtime, frames: list[bytes]) -> list[Verified | CodecError]:
-    """RoundCoordinator.verify of every frame, in the verify threads; errors returned in place."""
-    coord = rt.coordinator
-
-    def one(data: bytes) -> Verified | CodecError:
-        try:
-            return coord.verify(data)
-        except CodecError as err:
-            return err
-
-    if len(frames) == 1 or VERIFY_THREADS == 0:
-        return [one(f) for f in frames]
-    if rt.verify_pool is None:
-        rt.verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
-    loop = asyncio.get_running_loop()
-    return list(await asyncio.gather(*(loop.run_in_executor(rt.verify_pool, one, f)
-                                       for f in frames)))
-
-
 async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
     from agents.update_refs import UpdateRef
 
-    await _load_state(rt)
+    await _load_state(rt)  # also fetches the changelogs' metadata (_changelog_metadata)
     coord = rt.coordinator
     tally = _Tally()
-    checked = await _verify_all(rt, [event.message.value or b"" for event in events])
-    await _changelog_metadata()  # awaits passed: re-check before the table writes below
-    for event, verified in zip(events, checked, strict=True):
+    for event in events:
         msg = event.message
         data = msg.value
         try:
-            if isinstance(verified, CodecError):
-                raise verified
-            offer = coord.offer(verified, now=time.time())
+            offer = coord.offer(data or b"", now=time.time())
         except CodecError as err:
             await _to_dlq(event, err)
             await _changelog_metadata()  # an await passed: re-check before the next write

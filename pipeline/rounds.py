@@ -50,7 +50,7 @@ from schemas.update import ModelUpdate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Offer", "RoundCoordinator", "RoundOutcome", "RoundPolicy", "Verified", "update_key"]
+__all__ = ["Offer", "RoundCoordinator", "RoundOutcome", "RoundPolicy", "update_key"]
 
 _STATE_KIND = "edgeveil.round_coordinator.v1"
 _UNSET: Any = object()
@@ -115,16 +115,6 @@ class RoundOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Verified:
-    """An update :meth:`RoundCoordinator.verify` decoded and verified, not yet admitted."""
-
-    data: bytes
-    update: ModelUpdate
-    sha256: str
-    verifier: RoundCoordinator = field(repr=False, compare=False)
-
-
 class RoundCoordinator:
     """Admission and round closing for one task.
 
@@ -171,26 +161,8 @@ class RoundCoordinator:
         self._strategy_state: Any = _UNSET  # JSON form of the strategy's state, once per round
 
     # ------------------------------------------------------------------ admission
-    def verify(self, data: bytes) -> Verified:
-        """Decode and verify one encoded update without admitting it (no state is read or
-        changed, so several threads may verify at once; the codec's native parts release the
-        GIL). Pass the result to :meth:`offer`.
-
-        Raises
-        ------
-        pipeline.codec.CodecError
-            Bad frame or signature, unknown node, wrong shapes, non-finite values,
-            ``wrong_task``.
-        """
-        from pipeline.codec import CodecError
-
-        update = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
-        if update.task != self.task:
-            raise CodecError("wrong_task", f"update is for task {update.task!r}, aggregator runs {self.task!r}")
-        return Verified(data, update, hashlib.sha256(data).hexdigest(), self)
-
-    def offer(self, data: bytes | Verified, *, now: float) -> Offer:
-        """Verify, decode and admit one encoded update (or admit one :meth:`verify` returned).
+    def offer(self, data: bytes, *, now: float) -> Offer:
+        """Verify, decode and admit one encoded update.
 
         Raises
         ------
@@ -198,17 +170,13 @@ class RoundCoordinator:
             With ``reason`` for the DLQ: bad frame or signature, unknown node, wrong shapes,
             non-finite values, ``wrong_task``, ``replay``, ``stale``, ``future_version``.
         """
-        from pipeline.codec import ReplayError
+        from pipeline.codec import CodecError, ReplayError
 
-        if isinstance(data, Verified):
-            if data.verifier is not self:
-                raise ValueError("a Verified update can only be offered to the coordinator "
-                                 "that verified it")
-            checked = data
-        else:
-            checked = self.verify(data)
-        data, update, digest = checked.data, checked.update, checked.sha256
+        update = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
+        if update.task != self.task:
+            raise CodecError("wrong_task", f"update is for task {update.task!r}, aggregator runs {self.task!r}")
         key = update_key(update.task, update.node_id, update.round)
+        digest = hashlib.sha256(data).hexdigest()
         known = self.buffer.get(key) or self.recent.get(key)
         if known is not None:
             if known == digest:
