@@ -54,7 +54,8 @@ from pipeline.weights import get_weights  # noqa: E402
 from schemas.update import ModelUpdate, PrivacyStamp  # noqa: E402
 
 TASK = "fashion-mnist"
-TASK_KWARGS = {"num_nodes": 2, "max_train_per_node": 8, "max_test": 8, "hidden": 64}
+TASK_KWARGS = {"num_nodes": 2, "max_train_per_node": 8, "max_test": 8, "hidden": 64,
+               "features": "pixels"}
 TARGET = 500.0
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "task": TASK, "task_kwargs": TASK_KWARGS, "parameters": params,
         "compression": "int8",
         "mode": "async (FedBuff)", "strategy": "fedbuff", "buffer_size_K": args.buffer,
+        "cpus": os.cpu_count(),
         "why_async": ("a sync round admits only updates trained on the current version, so "
                       "pre-produced updates fill one round at most and one N-update round keeps "
                       "all N in memory; FedBuff admits continuously and publishes every K"),

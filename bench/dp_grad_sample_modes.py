@@ -62,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     out = {"threads": args.threads, "torch": torch.__version__, "results": {}}
-    for name, kw in [("fashion-mnist", {"num_nodes": 1, "max_test": 10}),
+    for name, kw in [("fashion-mnist", {"num_nodes": 1, "max_test": 10, "features": "pixels"}),
                      ("pedestrian-forecast", {"sensors": 1})]:
         task = get_task(name, **kw)
         data = task.train_data(task.node_ids()[0])

@@ -1,6 +1,7 @@
 """Fashion-MNIST DP federated learning benchmark with its anchors, in one run.
 
-Runs (same task, partitions, model, rounds, local steps):
+Runs (same task, partitions, model, rounds, local steps; ``--features`` picks the model input,
+default the task's: ScatterNet features or pixels, see ``pipeline/tasks/fashion.py``):
   * ``fl_dp_int8``     — 10 nodes, Dirichlet α=0.5, ε ≤ budget per node (δ=1e-5), int8 updates
   * ``fl_dp_float32``  — the same with float32 updates (compression cost)
   * ``fl_nodp``        — the same without DP
@@ -8,6 +9,7 @@ Runs (same task, partitions, model, rounds, local steps):
                          same number of examples as the federated run
 
 Usage: python bench/fl_fashion.py --rounds 20 --out bench/results/fl_fashion.json
+       python bench/fl_fashion.py --features pixels --out bench/results/fl_fashion_pixels.json
 """
 
 from __future__ import annotations
@@ -73,10 +75,15 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--local-steps", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--local-steps", type=int, default=None, help="default: the task's")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the task's")
     ap.add_argument("--central-batch-factor", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--features", choices=["scatter", "pixels"], default=None,
+                    help="model input (default: the task's)")
+    ap.add_argument("--hidden", type=int, default=None, help="model width (default: the task's)")
+    ap.add_argument("--head", choices=["linear", "cnn"], default=None,
+                    help="model on ScatterNet features (default: the task's)")
     ap.add_argument("--epsilon", type=float, default=3.0)
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--accountant", default="prv")
@@ -89,12 +96,25 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     torch.set_num_threads(args.threads)
-    task = get_task("fashion-mnist", num_nodes=args.nodes, alpha=args.alpha, seed=args.seed)
-    if args.lr is None:
-        args.lr = task.train_config.lr
+    t0 = time.perf_counter()
+    task_kw: dict[str, Any] = {k: v for k, v in (("features", args.features), ("head", args.head),
+                                                  ("hidden", args.hidden)) if v is not None}
+    task = get_task("fashion-mnist", num_nodes=args.nodes, alpha=args.alpha, seed=args.seed,
+                    **task_kw)
+    for node in task.node_ids():  # the inputs (ScatterNet features: from the disk cache)
+        task.train_data(node)
+    task.evaluate(task.build_model())
+    data_seconds = time.perf_counter() - t0
+    args.features = getattr(task, "features", "pixels")
+    cfg = task.train_config
+    args.lr = cfg.lr if args.lr is None else args.lr
+    args.local_steps = args.local_steps or cfg.local_steps
+    args.batch_size = args.batch_size or cfg.batch_size
     out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v)
                                       for k, v in vars(args).items()},
-                           "torch_threads": torch.get_num_threads(), "results": {}}
+                           "torch_threads": torch.get_num_threads(),
+                           "model_parameters": sum(p.numel() for p in task.build_model().parameters()),
+                           "data_seconds": round(data_seconds, 1), "results": {}}
     runs = args.runs.split(",")
     examples = 0
     for run in runs:

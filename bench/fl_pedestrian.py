@@ -2,12 +2,20 @@
 
 Runs (test = 2025, all windows where lags and target exist):
   * ``seasonal_naive``  — same hour one week earlier
-  * ``fl_dp``           — 21 nodes (one per sensor), ε ≤ budget per node, int8 updates
-  * ``local_dp``        — each sensor trains alone with the same σ, sample rate and steps
-                          (hence the same ε), pooled the same way
+  * ``fl_dp``           — 21 nodes (one per sensor), ε ≤ budget per node, int8 updates; the
+                          global model after the last round
+  * ``fl_dp_personal``  — with ``--personalize-steps n``: the same run, each node then fine-tunes
+                          the global model with n more DP-SGD steps on its own data (ledger-
+                          accounted; σ calibrated for rounds × local steps + n) and forecasts
+                          with its own model; with ``--local-head`` each node keeps its last
+                          layer through the rounds (FedPer) and forecasts with global body +
+                          own head
+  * ``local_dp``        — each sensor trains alone with the same σ, sample rate and total steps
+                          (rounds × local steps + n, hence the same ε), pooled the same way
   * ``central_nodp``    — one non-private model on all sensors' training windows
 
-Usage: python bench/fl_pedestrian.py --rounds 30 --out bench/results/fl_pedestrian.json
+Usage: python bench/fl_pedestrian.py --rounds 30 --personalize-steps 100 \
+           --out bench/results/fl_pedestrian.json
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -39,29 +48,57 @@ def _pooled(task: Any, preds: dict[str, np.ndarray], split: str = "test") -> dic
     return out
 
 
-def _local_dp(task: Any, args: argparse.Namespace, sigma_by_node: dict[str, float]
-              ) -> dict[str, Any]:
-    t0 = time.perf_counter()
+def _total_steps(args: argparse.Namespace) -> int:
+    """DP-SGD steps every node takes in the whole plan (federated rounds + personalisation)."""
+    return int(args.rounds * args.local_steps + args.personalize_steps)
+
+
+_LOCAL: dict[str, Any] = {}  # what the forked local-only workers read (set before forking)
+
+
+def _local_node(i: int) -> tuple[str, np.ndarray, np.ndarray, float]:
+    """Train node ``i`` alone with DP-SGD; return its test and val forecasts and its ε."""
+    task, args, sigma_by_node = _LOCAL["task"], _LOCAL["args"], _LOCAL["sigmas"]
+    torch.set_num_threads(1)
     cfg = task.train_config
     ids = task.node_ids()
     batches = common_batch_sizes([len(task.train_data(n)) for n in ids],
                                  batch_size=args.batch_size)
-    preds, eps = {}, {}
-    for i, nid in enumerate(ids):
-        torch.manual_seed(args.seed * 1000 + i)
-        model = task.build_model()
-        ledger = PrivacyLedger(node_id=nid, budget=args.epsilon, delta=args.delta,
-                               mechanism=args.accountant)
-        dp = make_private(module=model,
-                          optimizer=cfg.make_optimizer(model.parameters(), lr=args.lr),
-                          data_loader=DataLoader(task.train_data(nid), batch_size=batches[i]),
-                          ledger=ledger, noise_multiplier=sigma_by_node[nid],
-                          max_grad_norm=cfg.max_grad_norm, grad_sample_mode=cfg.grad_sample_mode)
-        train_steps(dp, loss_fn=task.loss_fn(), steps=args.rounds * args.local_steps)
-        preds[nid] = task.predict_counts(model, nid, "test")
-        eps[nid] = ledger.epsilon()
+    nid = ids[i]
+    torch.manual_seed(args.seed * 1000 + i)
+    model = task.build_model()
+    ledger = PrivacyLedger(node_id=nid, budget=args.epsilon, delta=args.delta,
+                           mechanism=args.accountant)
+    dp = make_private(module=model,
+                      optimizer=cfg.make_optimizer(model.parameters(), lr=args.lr),
+                      data_loader=DataLoader(task.train_data(nid), batch_size=batches[i]),
+                      ledger=ledger, noise_multiplier=sigma_by_node[nid],
+                      max_grad_norm=cfg.max_grad_norm, grad_sample_mode=cfg.grad_sample_mode)
+    train_steps(dp, loss_fn=task.loss_fn(), steps=_total_steps(args))
+    assert ledger.total_steps == _total_steps(args)
+    return (nid, task.predict_counts(model, nid, "test"), task.predict_counts(model, nid, "val"),
+            ledger.epsilon())
+
+
+def _local_dp(task: Any, args: argparse.Namespace, sigma_by_node: dict[str, float]
+              ) -> dict[str, Any]:
+    """Every sensor alone (one torch thread each; ``--workers`` forked processes, default 2)."""
+    t0 = time.perf_counter()
+    _LOCAL.update(task=task, args=args, sigmas=sigma_by_node)
+    n = len(task.node_ids())
+    workers = min(args.workers or 2, n)
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            done = pool.map(_local_node, range(n), chunksize=1)
+    else:
+        done = [_local_node(i) for i in range(n)]
+    preds = {nid: p for nid, p, _, _ in done}
+    val_preds = {nid: v for nid, _, v, _ in done}
+    eps = {nid: e for nid, _, _, e in done}
     out = _pooled(task, preds)
-    return {"mae": out["mae"], "smape": out["smape"], "epsilon_max": max(eps.values()),
+    return {"mae": out["mae"], "smape": out["smape"],
+            "val_mae": _pooled(task, val_preds, "val")["mae"],
+            "steps_per_node": _total_steps(args), "epsilon_max": max(eps.values()),
             "per_node_mae": {k[4:]: round(v, 2) for k, v in out.items() if k.startswith("mae:")},
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -104,13 +141,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--central-epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--strategy-options", type=json.loads, default={},
+                    help='JSON, e.g. \'{"server_lr": 1.0, "momentum": 0.9}\'')
+    ap.add_argument("--personalize-steps", type=int, default=0,
+                    help="DP fine-tuning steps per node after the last round (0: global model)")
+    ap.add_argument("--personalize-lr", type=float, default=None)
+    ap.add_argument("--personalize-layers", choices=("all", "head"), default="all")
+    ap.add_argument("--local-head", action="store_true",
+                    help="FedPer: each node keeps the last layer; the server averages the body")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="node worker processes for fl_dp (default: one per CPU) and local_dp "
+                         "(default 2)")
     ap.add_argument("--runs", default="seasonal_naive,fl_dp,local_dp,central_nodp")
     ap.add_argument("--out", type=Path, default=Path("bench/results/fl_pedestrian.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
     torch.set_num_threads(args.threads)
-    task = get_task("pedestrian-forecast", horizon=args.horizon)
+    task: Any = get_task("pedestrian-forecast", horizon=args.horizon)
     if args.lr is None:
         args.lr = task.train_config.lr
     out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v)
@@ -118,6 +166,7 @@ def main() -> None:
                            "nodes": len(task.node_ids()), "results": {}}
     res = out["results"]
     sigmas: dict[str, float] = {}
+    personal: dict[str, Any] | None = None
     for run in args.runs.split(","):
         t0 = time.perf_counter()
         if run == "seasonal_naive":
@@ -127,7 +176,12 @@ def main() -> None:
             sim = simulate(task=task, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
                            accountant=args.accountant, seed=args.seed, lr=args.lr,
                            local_steps=args.local_steps, batch_size=args.batch_size,
-                           strategy=args.strategy, eval_split="val")
+                           strategy=args.strategy, strategy_options=args.strategy_options,
+                           eval_split="val", workers=args.workers,
+                           personalize_steps=args.personalize_steps,
+                           personalize_lr=args.personalize_lr,
+                           personalize_layers=args.personalize_layers,
+                           local_head=args.local_head)
             sigmas = dict(sim.noise_multipliers)
             from pipeline.weights import set_weights
 
@@ -136,12 +190,40 @@ def main() -> None:
             m = task.evaluate(model, split="test")
             r = {"mae": m["mae"], "smape": m["smape"],
                  "val_mae_per_round": [round(x.metric, 2) for x in sim.rounds],
-                 "epsilon_max": max(sim.epsilons.values()),
+                 "epsilon_max": max(x.epsilon_max for x in sim.rounds),
                  "noise_multiplier": sorted(set(sigmas.values())),
                  "bytes_per_update": sim.rounds[-1].bytes_per_update,
                  "per_node_mae": {k[4:]: round(v, 2) for k, v in m.items()
                                   if k.startswith("mae:")},
                  "seconds": round(sim.seconds, 1)}
+            if args.local_head:
+                r["note"] = ("--local-head: the server never trains the head, so this global "
+                             "model (trained body, initial head) is not what any node serves")
+            if args.personalize_steps or args.local_head:
+                if set(sim.personal_weights) != set(task.node_ids()):
+                    raise SystemExit("some nodes could not personalise (budget): see the log")
+                test, val = {}, {}
+                for nid, w in sim.personal_weights.items():
+                    set_weights(model, w)
+                    test[nid] = task.predict_counts(model, nid, "test")
+                    val[nid] = task.predict_counts(model, nid, "val")
+                pm = _pooled(task, test)
+                personal = {
+                    "mae": pm["mae"], "smape": pm["smape"],
+                    "val_mae": _pooled(task, val, "val")["mae"],
+                    "global_val_mae": sim.rounds[-1].metric,
+                    "steps_per_node": _total_steps(args),
+                    "personalize": {"local_head": args.local_head,
+                                    "steps": args.personalize_steps,
+                                    "lr": args.personalize_lr or args.lr,
+                                    "layers": args.personalize_layers},
+                    "epsilon_max": max(sim.epsilons.values()),
+                    "per_node_mae": {k[4:]: round(v, 2) for k, v in pm.items()
+                                     if k.startswith("mae:")},
+                    "seconds": round(sim.seconds + sim.personal_seconds, 1)}
+                logging.info("fl_dp_personal: mae=%.2f", pm["mae"])
+            else:
+                personal = None
         elif run == "local_dp":
             if not sigmas:
                 ids = task.node_ids()
@@ -151,20 +233,26 @@ def main() -> None:
                     q = 1.0 / len(DataLoader(task.train_data(nid), batch_size=b[i]))
                     sigmas[nid] = noise_multiplier_for_budget(
                         epsilon=args.epsilon, delta=args.delta, sample_rate=q,
-                        steps=args.rounds * args.local_steps, accountant=args.accountant)
+                        steps=_total_steps(args), accountant=args.accountant)
             r = _local_dp(task, args, sigmas)
         elif run == "central_nodp":
             r = _central(task, args)
         else:
             raise SystemExit(f"unknown run {run}")
         res[run] = r
+        if run == "fl_dp" and personal is not None:
+            res["fl_dp_personal"] = personal
         logging.info("%s: mae=%.2f (%.0f s)", run, r["mae"], time.perf_counter() - t0)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1))
-    if "fl_dp" in res and "seasonal_naive" in res:
-        out["fl_vs_seasonal_naive_pct"] = 100 * (1 - res["fl_dp"]["mae"] / res["seasonal_naive"]["mae"])
-    if "fl_dp" in res and "local_dp" in res:
-        out["fl_vs_local_dp_pct"] = 100 * (1 - res["fl_dp"]["mae"] / res["local_dp"]["mae"])
+    # the federated system's forecasts: the personalised models when the nodes fine-tune
+    fl = "fl_dp_personal" if "fl_dp_personal" in res else "fl_dp"
+    if fl in res:
+        out["fl_run_compared"] = fl
+    if fl in res and "seasonal_naive" in res:
+        out["fl_vs_seasonal_naive_pct"] = 100 * (1 - res[fl]["mae"] / res["seasonal_naive"]["mae"])
+    if fl in res and "local_dp" in res:
+        out["fl_vs_local_dp_pct"] = 100 * (1 - res[fl]["mae"] / res["local_dp"]["mae"])
     out["targets"] = {"15pct_below_naive": out.get("fl_vs_seasonal_naive_pct", 0) >= 15,
                       "10pct_below_local_dp": out.get("fl_vs_local_dp_pct", 0) >= 10}
     args.out.write_text(json.dumps(out, indent=1))

@@ -58,7 +58,8 @@ NODES = 21
 TARGET_S = 1.0
 TASKS = {
     "pedestrian-forecast": {"sensors": NODES, "max_train_per_node": 64},
-    "fashion-mnist": {"num_nodes": NODES, "max_train_per_node": 8, "max_test": 8, "hidden": 64},
+    "fashion-mnist": {"num_nodes": NODES, "max_train_per_node": 8, "max_test": 8, "hidden": 64,
+                      "features": "pixels"},
 }
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ __all__ = [
     "Aggregator",
     "EdgeNode",
     "NO_DP_EPSILON",
+    "PersonalLayers",
     "RoundResult",
     "RoundRow",
     "SimulationResult",
@@ -77,6 +78,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Weights = dict[str, np.ndarray]
+
+#: Which parameters :meth:`EdgeNode.personalize` fine-tunes.
+PersonalLayers = Literal["all", "head"]
 
 #: ε written in the stamp of a non-private update (anchors only): "unbounded", kept finite for
 #: the wire contract.
@@ -111,6 +115,11 @@ class EdgeNode:
     batch_size
         Expected local batch size (default ``train_config.batch_size``); :func:`simulate` sets it
         per node so that every node has the same sample rate.
+    local_head
+        FedPer-style personalisation: the last parametrised layer (the head) stays on the node.
+        Each round trains the global body with this node's own head (DP-SGD on all parameters,
+        as usual), and the update carries zeros for the head, so the server only averages the
+        body. :meth:`personal_model` is the global model with this node's head.
 
     Examples
     --------
@@ -130,6 +139,7 @@ class EdgeNode:
         seed: int = 0,
         index: int = 0,
         batch_size: int | None = None,
+        local_head: bool = False,
     ) -> None:
         if ledger is not None and (noise_multiplier is None or noise_multiplier <= 0):
             raise ValueError("a DP node needs noise_multiplier > 0")
@@ -145,6 +155,9 @@ class EdgeNode:
         self.data = task.train_data(node_id)
         self.batch_size = min(batch_size or self.config.batch_size, len(self.data))
         self.last_update: ModelUpdate | None = None
+        self.personal_weights: Weights | None = None
+        self.local_head = local_head
+        self._head: Weights | None = None
 
     @property
     def sample_rate(self) -> float:
@@ -156,16 +169,18 @@ class EdgeNode:
         """Local training examples."""
         return len(self.data)
 
-    def _train(self, model: torch.nn.Module, generator: torch.Generator) -> float:
+    def _train(self, model: torch.nn.Module, generator: torch.Generator, *,
+               steps: int | None = None, lr: float | None = None) -> float:
         cfg = self.config
-        optimizer = cfg.make_optimizer(model.parameters())
+        steps = cfg.local_steps if steps is None else steps
+        optimizer = cfg.make_optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
         loader = DataLoader(self.data, batch_size=self.batch_size, shuffle=True,
                             generator=generator)
         if self.ledger is None:
             loss_fn = self.task.loss_fn()
             total = 0.0
             it = iter(loader)
-            for _ in range(cfg.local_steps):
+            for _ in range(steps):
                 try:
                     x, y = next(it)
                 except StopIteration:
@@ -176,21 +191,80 @@ class EdgeNode:
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach())
-            return total / cfg.local_steps
+            return total / steps
         assert self.noise_multiplier is not None
         dp = make_private(module=model, optimizer=optimizer, data_loader=loader,
                           ledger=self.ledger, noise_multiplier=self.noise_multiplier,
                           max_grad_norm=cfg.max_grad_norm, grad_sample_mode=cfg.grad_sample_mode,
                           noise_generator=generator)
-        return train_steps(dp, loss_fn=self.task.loss_fn(), steps=cfg.local_steps)
+        return train_steps(dp, loss_fn=self.task.loss_fn(), steps=steps)
 
-    def check_budget(self) -> float:
-        """Return ε after one more round; raise ``BudgetExceededError`` if above the budget."""
+    def check_budget(self, steps: int | None = None) -> float:
+        """Return ε after ``steps`` more local steps (default: one round); raise
+        ``BudgetExceededError`` if that is above the budget."""
         if self.ledger is None or self.noise_multiplier is None:
             return NO_DP_EPSILON
         return self.ledger.check_round(noise_multiplier=self.noise_multiplier,
                                        sample_rate=self.sample_rate,
-                                       steps=self.config.local_steps)
+                                       steps=self.config.local_steps if steps is None else steps)
+
+    def personal_model(self, global_weights: Mapping[str, np.ndarray]) -> Weights:
+        """The model this node forecasts with: ``global_weights`` with its own head, if it keeps
+        one (``local_head``) and has trained it; a copy of ``global_weights`` otherwise."""
+        out = {k: np.array(v, np.float32, copy=True) for k, v in global_weights.items()}
+        if self._head is not None:
+            out.update({k: v.copy() for k, v in self._head.items()})
+        return out
+
+    def personalize(self, global_weights: Mapping[str, np.ndarray], *, steps: int,
+                    lr: float | None = None, layers: PersonalLayers = "all",
+                    round: int = 0) -> Weights:
+        """Fine-tune :meth:`personal_model` of ``global_weights`` (global model, or global body
+        with this node's head) on this node's data with DP-SGD; keep the result here.
+
+        The personalised model never leaves the node (nothing is encoded or published); the node
+        serves its forecasts with it, so its training is DP-SGD like any round: the budget is
+        checked for all ``steps`` first, every noisy step lands in the ledger, and the ledger is
+        flushed (and re-checked) before the weights are returned and used. Plan the budget for
+        it: :func:`simulate` calibrates σ for ``rounds × local_steps + steps``.
+
+        Parameters
+        ----------
+        steps
+            DP-SGD steps at the node's σ and sample rate.
+        lr
+            Learning rate (default: the local one of ``train_config``).
+        layers
+            ``"all"`` trains every parameter; ``"head"`` only the last parametrised layer
+            (fewer noised coordinates, the shared body stays as the federation learned it).
+        round
+            Part of the seed (use the round after the last federated one).
+
+        Raises
+        ------
+        BudgetExceededError
+            before training if the steps would exceed the budget (nothing trained or recorded),
+            or after, if the recorded spend does.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.check_budget(steps)
+        gen_seed = _seed(self.seed, self.index, round, 1)
+        torch.manual_seed(gen_seed)
+        generator = torch.Generator().manual_seed(gen_seed)
+        model = self.task.build_model()
+        set_weights(model, self.personal_model(global_weights))
+        if layers == "head":
+            head = _head_parameters(model)
+            for p in model.parameters():
+                p.requires_grad_(any(p is h for h in head))
+        elif layers != "all":
+            raise ValueError(f"layers must be 'all' or 'head', got {layers!r}")
+        self._train(model, generator, steps=steps, lr=lr)
+        if self.ledger is not None:
+            self.ledger.check_publish()  # durable before the model serves anything
+        self.personal_weights = get_weights(model)
+        return self.personal_weights
 
     def train_round(self, global_weights: Mapping[str, np.ndarray], *, round: int,
                     version: int) -> bytes:
@@ -207,9 +281,15 @@ class EdgeNode:
         torch.manual_seed(gen_seed)
         generator = torch.Generator().manual_seed(gen_seed)
         model = self.task.build_model()
-        set_weights(model, global_weights)
+        set_weights(model, self.personal_model(global_weights))
         loss = self._train(model, generator)
-        delta = weight_delta(get_weights(model), global_weights)
+        trained = get_weights(model)
+        delta = weight_delta(trained, global_weights)
+        if self.local_head:
+            names = _head_names(model)
+            self._head = {k: trained[k] for k in names}
+            for k in names:  # the head never leaves the node
+                delta[k] = np.zeros_like(delta[k])
         if self.ledger is not None:
             epsilon = self.ledger.check_publish()  # durable before anything leaves the node
             stamp = PrivacyStamp(epsilon=epsilon, delta=self.ledger.delta,
@@ -225,6 +305,20 @@ class EdgeNode:
                              metrics={"train_loss": loss}, privacy=stamp, delta=delta)
         self.last_update = update
         return encode_update(update, private_key=self._private_key, compression=self.compression)
+
+
+def _head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters of the last submodule (in registration order) that owns parameters."""
+    owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners:
+        raise ValueError("model has no parameters")
+    return list(owners[-1].parameters(recurse=False))
+
+
+def _head_names(model: torch.nn.Module) -> list[str]:
+    """Weight names (as in :func:`~pipeline.weights.get_weights`) of the head parameters."""
+    head = _head_parameters(model)
+    return [n for n, p in model.named_parameters() if any(p is h for h in head)]
 
 
 # ---------------------------------------------------------------------------- node workers
@@ -245,6 +339,29 @@ def _train_nodes(nodes: Sequence[EdgeNode], weights: Mapping[str, np.ndarray], *
     return outcomes, eps
 
 
+_Personal = tuple[int, Weights | None, str | None]  # (node index, personal weights, refusal)
+
+
+def _personalize_nodes(nodes: Sequence[EdgeNode], weights: Mapping[str, np.ndarray], *,
+                       options: Mapping[str, Any]) -> tuple[list[_Personal], dict[str, float]]:
+    """Personalise ``nodes`` from ``weights`` one after the other (see :meth:`EdgeNode.personalize`).
+
+    The personal weights come back to the caller only because the simulation evaluates them in
+    one place; a deployed node keeps them and evaluates or serves them itself.
+    """
+    out: list[_Personal] = []
+    for node in nodes:
+        if not options["steps"]:  # nothing to train: the model it has (local head or global)
+            out.append((node.index, node.personal_model(weights), None))
+            continue
+        try:
+            out.append((node.index, node.personalize(weights, **options), None))
+        except BudgetExceededError as exc:
+            out.append((node.index, None, str(exc)))
+    eps = {n.node_id: (n.ledger.epsilon() if n.ledger else float("inf")) for n in nodes}
+    return out, eps
+
+
 def _worker_main(conn: Any, nodes: Sequence[EdgeNode], threads: int) -> None:
     """Body of a forked node worker: owns ``nodes`` (data, ledger, key) for the whole run."""
     torch.set_num_threads(threads)
@@ -253,6 +370,12 @@ def _worker_main(conn: Any, nodes: Sequence[EdgeNode], threads: int) -> None:
             msg = conn.recv()
             if msg[0] == "stop":
                 return
+            if msg[0] == "personalize":
+                try:
+                    conn.send(("ok", *_personalize_nodes(nodes, msg[1], options=msg[2])))
+                except Exception as exc:  # noqa: BLE001 - re-raised in the parent
+                    conn.send(("error", exc))
+                continue
             _, r, version, weights = msg
             try:
                 conn.send(("ok", *_train_nodes(nodes, weights, round=r, version=version)))
@@ -315,9 +438,16 @@ class _NodePool:
         for conn in self._conns:
             conn.send(("train", round, version, plain))
 
-    def collect(self) -> tuple[list[_Outcome], dict[str, float]]:
-        """Wait for the submitted round; outcomes in node order and every node's ε."""
-        outcomes: list[_Outcome] = []
+    def submit_personalize(self, weights: Mapping[str, np.ndarray],
+                           options: Mapping[str, Any]) -> None:
+        """Start :meth:`EdgeNode.personalize` from ``weights`` on every worker."""
+        plain = {k: np.asarray(v) for k, v in weights.items()}
+        for conn in self._conns:
+            conn.send(("personalize", plain, dict(options)))
+
+    def collect(self) -> tuple[list[Any], dict[str, float]]:
+        """Wait for the submitted job; outcomes in node order and every node's ε."""
+        outcomes: list[Any] = []
         eps: dict[str, float] = {}
         error: BaseException | None = None
         for conn in self._conns:
@@ -474,6 +604,12 @@ class SimulationResult:
     noise_multipliers: Mapping[str, float]
     weights: Mapping[str, np.ndarray] = field(repr=False)
     seconds: float = 0.0
+    #: after ``personalize_steps``: each node's fine-tuned weights (kept on the node in
+    #: deployment) and its metrics on ``eval_split`` for its own data; empty otherwise.
+    personal_weights: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict,
+                                                                     repr=False)
+    personal_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    personal_seconds: float = 0.0
 
 
 def common_batch_sizes(sizes: Sequence[int], *, batch_size: int) -> list[int]:
@@ -519,9 +655,9 @@ def _worker_count(workers: int | None, nodes: int) -> int:
 
 
 def _noise_for(node: EdgeNode, *, epsilon: float, delta: float, rounds: int,
-               accountant: Mechanism) -> float:
+               accountant: Mechanism, extra_steps: int = 0) -> float:
     return noise_multiplier_for_budget(epsilon=epsilon, delta=delta, sample_rate=node.sample_rate,
-                                       steps=rounds * node.config.local_steps,
+                                       steps=rounds * node.config.local_steps + extra_steps,
                                        accountant=accountant)
 
 
@@ -547,6 +683,10 @@ def simulate(
     eval_split: str = "test",
     progress: Callable[[int, RoundRow], None] | None = None,
     workers: int | None = None,
+    personalize_steps: int = 0,
+    personalize_lr: float | None = None,
+    personalize_layers: PersonalLayers = "all",
+    local_head: bool = False,
 ) -> SimulationResult:
     """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
 
@@ -586,6 +726,17 @@ def simulate(
         node; ``1``: every node in this process, one after the other. A node's update depends
         only on the seed and its torch thread count, not on the worker layout: with one thread
         per worker, 2 and 10 workers give the same result. Aggregation order is always node order.
+    personalize_steps, personalize_lr, personalize_layers
+        ``0`` (default): every node ends with the global model. ``n > 0``: after the last round
+        every node fine-tunes the final global model with ``n`` more DP-SGD steps on its own data
+        (:meth:`EdgeNode.personalize`, ``layers`` ``"all"`` or ``"head"``), recorded in its
+        ledger; σ is calibrated for the whole plan, ``rounds × local_steps + n`` steps, so the
+        total stays within ``epsilon``. The result then holds ``personal_weights`` and each
+        node's ``personal_metrics`` on ``eval_split``.
+    local_head
+        Every node keeps the model's last layer to itself (see :class:`EdgeNode`); the result's
+        ``personal_weights`` are then the final global body with each node's head (fine-tuned
+        further if ``personalize_steps`` > 0).
 
     Raises
     ------
@@ -595,6 +746,8 @@ def simulate(
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if personalize_steps < 0:
+        raise ValueError(f"personalize_steps must be >= 0, got {personalize_steps}")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     opts = dict(task_options or {})
@@ -638,10 +791,11 @@ def simulate(
         node = EdgeNode(node_id=nid, task=the_task, private_key=private, ledger=ledger,
                         noise_multiplier=1.0 if ledger else None, train_config=cfg,
                         compression=Compression(compression), seed=seed, index=i,
-                        batch_size=batches[i])
+                        batch_size=batches[i], local_head=local_head)
         if ledger is not None:
             node.noise_multiplier = noise_multiplier or _noise_for(
-                node, epsilon=epsilon or 0.0, delta=delta, rounds=rounds, accountant=accountant)
+                node, epsilon=epsilon or 0.0, delta=delta, rounds=rounds, accountant=accountant,
+                extra_steps=personalize_steps)
             sigmas[nid] = node.noise_multiplier
         edge.append(node)
     logger.info("simulate %s: %d nodes, %d rounds, eps=%s, sigma=%s", the_task.name, len(edge),
@@ -709,15 +863,41 @@ def simulate(
                 _append_row(out_dir, row)
             if progress is not None:
                 progress(r, row)
+        seconds = time.perf_counter() - t_start
+        personal: dict[str, Weights] = {}
+        personal_metrics: dict[str, dict[str, float]] = {}
+        final_eps = dict(rows[-1].epsilons)
+        t_personal = time.perf_counter()
+        if personalize_steps or local_head:
+            options = {"steps": personalize_steps, "lr": personalize_lr,
+                       "layers": personalize_layers, "round": rounds + 1}
+            if pool is not None:
+                pool.submit_personalize(aggregator.weights, options)
+                done, node_eps = pool.collect()
+            else:
+                done, node_eps = _personalize_nodes(edge, aggregator.weights, options=options)
+            final_eps = {n.node_id: node_eps[n.node_id] for n in edge}
+            for index, weights, refusal in done:
+                nid = edge[index].node_id
+                if weights is None:
+                    logger.warning("%s", refusal)
+                    continue
+                personal[nid] = weights
+                set_weights(eval_model, weights)
+                personal_metrics[nid] = the_task.evaluate(  # type: ignore[call-arg]
+                    eval_model, split=eval_split, node_id=nid)  # type: ignore[arg-type]
     finally:
         if pool is not None:
             pool.close()
     sim = SimulationResult(task=the_task.name, initial_metrics=initial_metrics,
                            rounds=tuple(rows), final_metrics=metrics,
-                           epsilons=rows[-1].epsilons, noise_multipliers=sigmas,
-                           weights=aggregator.weights, seconds=time.perf_counter() - t_start)
+                           epsilons=final_eps, noise_multipliers=sigmas,
+                           weights=aggregator.weights, seconds=seconds,
+                           personal_weights=personal, personal_metrics=personal_metrics,
+                           personal_seconds=(time.perf_counter() - t_personal
+                                             if personalize_steps or local_head else 0.0))
     if out_dir is not None:
-        summary = {k: v for k, v in asdict(sim).items() if k not in ("weights", "rounds")}
+        summary = {k: v for k, v in asdict(sim).items() if k not in ("weights", "rounds", "personal_weights")}
         summary.update(rounds=len(rows), strategy=strategy, seed=seed, delta=delta,
                        accountant=accountant, compression=Compression(compression).value,
                        budget=epsilon)

@@ -26,7 +26,8 @@ def _random_weights(model: torch.nn.Module, seed: int) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_filled_template_matches_pytorch_on_random_weights(seed: int) -> None:
     # the aggregator's task model: conv + group norm + linear layers
-    task = get_task("fashion-mnist", num_nodes=2, max_train_per_node=8, max_test=8, hidden=16)
+    task = get_task("fashion-mnist", num_nodes=2, max_train_per_node=8, max_test=8, hidden=16,
+                    features="pixels")
     torch.manual_seed(0)
     model = task.build_model().eval()
     template = OnnxTemplate(model, example=torch.zeros(1, 1, 28, 28))

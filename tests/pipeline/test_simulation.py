@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -89,7 +90,8 @@ def test_aggregator_rejects_unverifiable_updates(fashion):  # type: ignore[no-un
     node = EdgeNode(node_id="fmnist-00", task=fashion, private_key=private,
                     ledger=PrivacyLedger(node_id="fmnist-00", budget=5, delta=1e-5,
                                          mechanism="rdp"),
-                    noise_multiplier=1.0, batch_size=50)
+                    noise_multiplier=1.0, batch_size=50,
+                    train_config=replace(fashion.train_config, local_steps=5))
     data = node.train_round(weights, round=1, version=0)
     tampered = bytearray(data)
     tampered[-1] ^= 1
