@@ -17,13 +17,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.assets import cache_dir
+
 #: One limit for every hop of a model-sized message (16 MiB).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-def cache_dir() -> Path:
-    """Where EdgeVeil keeps downloads and local broker data (outside any clone)."""
-    return Path(os.environ.get("EDGEVEIL_CACHE", Path.home() / ".cache" / "edgeveil")).expanduser()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pipeline.exceptions import AssetNotFoundError
 
-__all__ = ["ASSETS", "Asset", "locate", "locate_all", "opencv_media_dir"]
+__all__ = ["ASSETS", "Asset", "cache_dir", "locate", "locate_all", "opencv_media_dir"]
 
 _OPENCV_DOC = "apt-get install -y opencv-doc"
 _OPENCV_DATA = "apt-get install -y opencv-data"
@@ -53,6 +53,12 @@ _MEDIA = ("/usr/share/doc/opencv-doc/examples/data",)
 _CASCADES = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades")
 _LBP = ("/usr/share/opencv4/lbpcascades", "/usr/share/opencv/lbpcascades")
 _FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def cache_dir() -> Path:
+    """Where EdgeVeil keeps downloads, derived data and local broker data (outside any clone):
+    ``$EDGEVEIL_CACHE``, default ``~/.cache/edgeveil``."""
+    return Path(os.environ.get("EDGEVEIL_CACHE", Path.home() / ".cache" / "edgeveil")).expanduser()
 
 
 def _media(name: str) -> Asset:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.assets import locate
+from pipeline.assets import cache_dir, locate
 from pipeline.tasks.base import Split, TrainConfig
 
 __all__ = ["FashionCNN", "FashionMnistTask", "ScatterCNN", "ScatterLinear", "dirichlet_partition",
@@ -216,16 +216,13 @@ def scatter_transform(images: np.ndarray) -> torch.Tensor:
     return out
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("EDGEVEIL_CACHE", Path.home() / ".cache" / "edgeveil"))
-
-
-def _scatter_cache_path(split: str, images: np.ndarray) -> Path:
+@lru_cache(maxsize=2)
+def _scatter_cache_path(split: str) -> Path:
     from kymatio.version import version
 
-    digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(load_fashion_mnist(split)[0].tobytes()).hexdigest()[:16]
     name = f"{split}-J{SCATTER_J}-L{SCATTER_L}-kymatio{version}-{digest}.npy"
-    return _cache_dir() / "fashion-scatter" / name
+    return cache_dir() / "fashion-scatter" / name
 
 
 @lru_cache(maxsize=2)
@@ -237,7 +234,7 @@ def scatter_features(split: str = "train") -> np.ndarray:
     (default ``~/.cache/edgeveil``), keyed by split, J, L, kymatio version and a hash of the images.
     """
     images, _ = load_fashion_mnist(split)
-    path = _scatter_cache_path(split, images)
+    path = _scatter_cache_path(split)
     if not path.exists():
         logger.warning("computing the ScatterNet features of the %d %s images once (a few "
                        "minutes on 2 CPU cores); later runs read them from %s",
@@ -338,7 +335,7 @@ class FashionMnistTask:
         images = self._x if split == "train" else load_fashion_mnist("t10k")[0]
         if self.features == "pixels":
             return _to_tensor(images[idx])
-        if self._capped[split] and not _scatter_cache_path(split, images).exists():
+        if self._capped[split] and not _scatter_cache_path(split).exists():
             return scatter_transform(images[idx])
         return torch.from_numpy(np.ascontiguousarray(scatter_features(split)[idx]))
 
