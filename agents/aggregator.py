@@ -4,8 +4,9 @@ Consumes ``edgeveil.updates``, verifies and admits each update with
 :class:`pipeline.rounds.RoundCoordinator`, keeps the round in changelog-backed tables (so a
 restarted worker resumes the round), aggregates with the configured strategy, and publishes each
 new global model (weights + ONNX, signed) to ``edgeveil.models``. The tables hold the round's
-state and, per admitted update, where its record sits on ``edgeveil.updates``
-(:class:`agents.update_refs.UpdateRef`), not its bytes: a restarted worker reads them back.
+state and, per batch of admitted updates, where their records sit on ``edgeveil.updates``
+(:class:`agents.update_refs.UpdateRef`, :func:`agents.update_refs.pack_refs`), not their bytes:
+a restarted worker reads them back.
 Everything it rejects goes to ``edgeveil.dlq`` untouched, with the reason in the headers; the
 agent keeps running.
 
@@ -17,6 +18,7 @@ single table key.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import time
@@ -25,9 +27,10 @@ from typing import Any
 from agents import federation
 from agents.app import make_app
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
+from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
 from pipeline.codec import CodecError
 from pipeline.global_model import encode_global_model
-from pipeline.rounds import RoundCoordinator, RoundOutcome, RoundPolicy
+from pipeline.rounds import Checked, RoundCoordinator, RoundOutcome, RoundPolicy
 from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,13 @@ dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer
 # the write came from, so recovery replays each key's writes in order.
 state_table = app.Table("aggregator-state", default=None, key_type=str,
                         use_partitioner=True, partitions=UPDATES.partitions)
-# update key -> UpdateRef.to_bytes() of each admitted, not yet aggregated update (~150 bytes;
-# the bytes themselves stay on the updates topic). A new name: the table of earlier versions held
-# the whole update bytes.
-update_table = app.Table("aggregator-update-refs", default=None, key_type=str, value_type=bytes,
-                         use_partitioner=True, partitions=UPDATES.partitions)
+# chunk key -> pack_refs() of the updates of the open round admitted in one batch (~100 bytes
+# each; the bytes themselves stay on the updates topic). The chunk key is the smallest update key
+# in it. One changelog write per batch: one per update cost as much as verifying the update.
+# (A new name: the table of the previous version, "aggregator-update-refs", held one reference
+# per update; a round open while upgrading is not carried over.)
+ref_table = app.Table("aggregator-ref-chunks", default=None, key_type=str, value_type=bytes,
+                      use_partitioner=True, partitions=UPDATES.partitions)
 global_table = app.Table("aggregator-global", default=None, key_type=str, value_type=bytes,
                          use_partitioner=True,
                          partitions=UPDATES.partitions)
@@ -85,9 +90,16 @@ class _Runtime:
         )
         self.loaded = False
         self.weights: dict[str, Any] | None = None  # the last published weights, decoded once
-        # bytes of the open round's admitted updates (their references are in update_table)
+        # bytes of the open round's admitted updates (their references are in ref_table)
         self.pending: dict[str, bytes] = {}
+        # references admitted in the current batch, written as one chunk when it ends
+        self.unflushed: dict[str, Any] = {}
+        # chunk key -> the update keys it references (the open round's chunks in ref_table)
+        self.chunks: dict[str, list[str]] = {}
         self.lock = asyncio.Lock()
+        # one thread decodes, verifies and hashes the updates of a batch in order while the event
+        # loop admits the ones before them (see _admit_batch)
+        self.checker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="check")
         self._decode = decode_global_model
         self._np = np
 
@@ -161,54 +173,79 @@ async def _changelog_metadata() -> None:
     returns at once when the topic is known, and waits for its metadata otherwise.
     """
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-    for table in (state_table, update_table, global_table):
+    for table in (state_table, ref_table, global_table):
         await producer.partitions_for(table.changelog_topic.get_topic_name())
+
+
+def _opened_key(task: str) -> str:
+    """state_table key of the open round's opening time (the full state is saved at closes)."""
+    return f"{task}|opened"
 
 
 async def _load_state(rt: _Runtime) -> None:
     await _changelog_metadata()
     if rt.loaded:
         return
+    coord = rt.coordinator
     state = state_table.get(rt.cfg.task)
     if state is not None:
-        rt.coordinator.load_state_dict(state)
-    # the state is saved when a round opens and closes, the reference of every admitted update as
-    # it arrives: re-admitting the referenced bytes gives back the open round exactly
-    stored = await _fetch_stored(rt)
-    for key in rt.coordinator.resume(stored, now=time.time()):
-        update_table.pop(key, None)
+        coord.load_state_dict(state)
+    # the state is saved when a round closes, the references of the admitted updates once per
+    # batch: re-admitting the referenced bytes gives back the open round exactly
+    refs, chunks = _stored_refs(rt)
+    stored = await _fetch_stored(rt, refs)
+    for key in coord.resume(stored, now=time.time()):
         stored.pop(key, None)
-    rt.pending = {k: v for k, v in stored.items() if k in rt.coordinator.buffer}
-    if state is not None or stored:
-        log.info("resumed %s at version %d with %d buffered updates",
-                 rt.cfg.task, rt.coordinator.version, len(rt.coordinator.buffer))
+    rt.pending = {k: v for k, v in stored.items() if k in coord.buffer}
+    opened = state_table.get(_opened_key(rt.cfg.task))
+    if coord.buffer and isinstance(opened, dict) and opened.get("version") == coord.version:
+        coord.opened_at = float(opened["opened_at"])  # the deadline counts from the real opening
+    # one chunk for what the open round holds now, then the old chunks go (a crash in between
+    # leaves references twice, which the next resume merges by update key)
+    keep = {k: refs[k] for k in coord.buffer if k in refs}
+    rt.chunks = {}
+    if keep:
+        ref_table[min(keep)] = pack_refs(keep)
+        rt.chunks[min(keep)] = sorted(keep)
+    for chunk in chunks:
+        if chunk not in rt.chunks:
+            ref_table.pop(chunk, None)
+    if state is not None or refs:
+        age = time.time() - coord.opened_at if coord.opened_at is not None else 0.0
+        log.info("resumed %s at version %d with %d buffered updates (round open for %.1f s)",
+                 rt.cfg.task, coord.version, len(coord.buffer), age)
     if global_table.get(rt.cfg.task) is None:
         await _publish(rt, version=0, weights=rt.initial_weights, outcome=None)
     rt.loaded = True
 
 
-async def _fetch_stored(rt: _Runtime) -> dict[str, bytes]:
-    """The bytes of the updates update_table references, read back from the updates topic.
+def _stored_refs(rt: _Runtime) -> tuple[dict[str, UpdateRef], list[str]]:
+    """The references of the task's stored chunks, merged by update key, and the chunk keys. A
+    chunk that cannot be parsed is left out with a warning (and deleted by the caller)."""
+    prefix = f"{rt.cfg.task}|"
+    refs: dict[str, UpdateRef] = {}
+    chunks: list[str] = []
+    for key, value in list(ref_table.items()):
+        if not (isinstance(key, str) and key.startswith(prefix)) or value is None:
+            continue
+        chunks.append(key)
+        try:
+            refs.update(unpack_refs(value))
+        except UpdateRefError as err:
+            log.warning("dropping stored reference chunk %s: %s", key, err)
+    return refs, chunks
 
-    A reference that cannot be parsed, or whose record is gone or has other bytes, is dropped
-    from the table with a warning (the round goes on without it, as for an update that no
-    longer passes admission).
+
+async def _fetch_stored(rt: _Runtime, refs: dict[str, UpdateRef]) -> dict[str, bytes]:
+    """The bytes the references point at, read back from the updates topic.
+
+    A record that is gone or has other bytes is left out with a warning (the round goes on
+    without it, as for an update that no longer passes admission).
     """
     from kafka.errors import KafkaError
 
     from agents.app import settings
-    from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs
 
-    prefix = f"{rt.cfg.task}|"
-    refs: dict[str, UpdateRef] = {}
-    for key, value in list(update_table.items()):
-        if not (isinstance(key, str) and key.startswith(prefix)) or value is None:
-            continue
-        try:
-            refs[key] = UpdateRef.from_bytes(value)
-        except UpdateRefError as err:
-            log.warning("dropping stored reference %s: %s", key, err)
-            update_table.pop(key, None)
     if not refs:
         return {}
     t0 = time.perf_counter()
@@ -225,7 +262,6 @@ async def _fetch_stored(rt: _Runtime) -> dict[str, bytes]:
         r = refs[key]
         log.warning("stored update %s (%s[%d]@%d) cannot be read back (%s); dropping it",
                     key, r.topic, r.partition, r.offset, why)
-        update_table.pop(key, None)
     log.info("read back %d of %d stored update(s) from %s in %.0f ms", len(found), len(refs),
              UPDATES.name, (time.perf_counter() - t0) * 1e3)
     return found
@@ -273,8 +309,12 @@ async def _close_round(rt: _Runtime) -> None:
     # state first: if the deletions below are lost, resume() finds these keys in `recent`
     state_table[rt.cfg.task] = coord.state_dict()
     for key in done:
-        update_table.pop(key, None)
         rt.pending.pop(key, None)
+        rt.unflushed.pop(key, None)  # aggregated before its batch ended: `recent` covers it
+    for chunk, keys in list(rt.chunks.items()):
+        if not any(k in coord.buffer for k in keys):
+            ref_table.pop(chunk, None)
+            del rt.chunks[chunk]
 
 
 async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
@@ -332,17 +372,33 @@ class _Tally:
         self.reset()
 
 
-async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
-    from agents.update_refs import UpdateRef
+def _check(coord: RoundCoordinator, data: bytes) -> Checked | CodecError:
+    """RoundCoordinator.check in the checker thread; a rejection is returned, not raised."""
+    try:
+        return coord.check(data)
+    except CodecError as err:
+        return err
 
+
+async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
     await _load_state(rt)  # also fetches the changelogs' metadata (_changelog_metadata)
     coord = rt.coordinator
+    # the checker thread decodes and verifies update i+1, i+2, ... (libsodium, zstd, SHA-256 and
+    # numpy release the GIL) while the loop below admits update i: on 2 cores that takes the
+    # largest per-update cost off the event loop
+    checks = [rt.checker.submit(_check, coord, event.message.value or b"") for event in events]
     tally = _Tally()
-    for event in events:
+    for event, future in zip(events, checks, strict=True):
         msg = event.message
         data = msg.value
+        if not future.done():
+            await asyncio.wrap_future(future)
+            await _changelog_metadata()
+        checked = future.result()
         try:
-            offer = coord.offer(data or b"", now=time.time())
+            if isinstance(checked, CodecError):
+                raise checked
+            offer = coord.offer(checked, now=time.time())
         except CodecError as err:
             await _to_dlq(event, err)
             await _changelog_metadata()  # an await passed: re-check before the next write
@@ -354,14 +410,14 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
             continue
         # no await between the metadata check (batch start, or after the last await) and here
         rt.pending[offer.key] = data
-        update_table[offer.key] = UpdateRef(
+        rt.unflushed[offer.key] = UpdateRef(
             topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            sha256=coord.buffer[offer.key], size=len(data)).to_bytes()
+            sha256=coord.buffer[offer.key], size=len(data))
         if len(coord.buffer) == 1:
-            # the round opened: save its opening time; later admissions are recovered from
-            # their references in update_table (RoundCoordinator.resume), so the per-update
-            # write stays one small reference instead of the whole, growing state
-            state_table[rt.cfg.task] = coord.state_dict()
+            # the round opened: save its opening time (the admissions are recovered from their
+            # references in ref_table, RoundCoordinator.resume)
+            state_table[_opened_key(rt.cfg.task)] = {"version": coord.version,
+                                                     "opened_at": coord.opened_at}
         tally.admitted += 1
         tally.last = f"{offer.key} (staleness {offer.staleness}, {len(coord.buffer)} buffered)"
         log.debug("admitted %s", tally.last)  # one INFO line per batch: a line costs ~0.2 ms
@@ -376,7 +432,22 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
                 log.exception("closing round %d failed", coord.version + 1)
             await _changelog_metadata()
             tally.reset()
+    _flush_refs(rt)
     tally.log(rt.cfg.task)
+
+
+def _flush_refs(rt: _Runtime) -> None:
+    """Write the references the batch admitted (and the round still holds) as one chunk.
+
+    Called before the batch's loop body ends: faust commits the batch's offsets only after
+    that, so an update whose reference is not written yet is delivered again after a crash.
+    """
+    refs = {k: r for k, r in rt.unflushed.items() if k in rt.coordinator.buffer}
+    rt.unflushed.clear()
+    if refs:
+        chunk = min(refs)
+        ref_table[chunk] = pack_refs(refs)
+        rt.chunks[chunk] = sorted(refs)
 
 
 @app.timer(interval=1.0)

@@ -5,7 +5,9 @@ bytes (~100 KB for a 100k-parameter model) to a changelog copied every update on
 the producer, the broker and the disk, and was the worker's largest cost per update. The bytes
 are already durable on ``edgeveil.updates``, so the changelog keeps only an :class:`UpdateRef`
 (topic, partition, offset, SHA-256, size: ~150 bytes), and a restarted aggregator reads the
-records back with :func:`fetch_refs`.
+records back with :func:`fetch_refs`. The references of the updates admitted together (one batch
+of the agent) are written as one changelog record, :func:`pack_refs`: a changelog write per update
+cost the worker as much as decoding it.
 
 What this asks of the updates topic: an open round's records must still be there when the
 aggregator restarts. ``edgeveil.updates`` keeps records 7 days (:mod:`agents.topics`) and is not
@@ -17,6 +19,8 @@ Examples
 --------
 >>> ref = UpdateRef(topic="edgeveil.updates", partition=2, offset=17, sha256="ab" * 32, size=9)
 >>> UpdateRef.from_bytes(ref.to_bytes()) == ref
+True
+>>> unpack_refs(pack_refs({"task|node|000000001": ref})) == {"task|node|000000001": ref}
 True
 """
 
@@ -34,9 +38,11 @@ from agents.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UpdateRef", "UpdateRefError", "fetch_refs"]
+__all__ = ["UpdateRef", "UpdateRefError", "fetch_refs", "pack_refs", "unpack_refs"]
 
 _KIND = "edgeveil.update_ref.v1"
+_CHUNK_KIND = "edgeveil.update_refs.v1"
+_FIELDS = ("topic", "partition", "offset", "sha256", "size")
 
 
 class UpdateRefError(ValueError):
@@ -59,12 +65,15 @@ class UpdateRef:
     @classmethod
     def from_bytes(cls, data: bytes) -> UpdateRef:
         """Parse :meth:`to_bytes` output; :class:`UpdateRefError` for anything else."""
-        try:
-            obj = json.loads(data)
-        except (ValueError, TypeError) as err:
-            raise UpdateRefError(f"not an update reference: {err}") from None
-        if not isinstance(obj, dict) or obj.get("kind") != _KIND:
-            raise UpdateRefError(f"not an update reference (kind {obj.get('kind') if isinstance(obj, dict) else None!r})")
+        obj = _json(data, "an update reference")
+        if obj.get("kind") != _KIND:
+            raise UpdateRefError(f"not an update reference (kind {obj.get('kind')!r})")
+        return cls._from_fields(obj)
+
+    @classmethod
+    def _from_fields(cls, obj: Any) -> UpdateRef:
+        if not isinstance(obj, dict):
+            raise UpdateRefError(f"an update reference must be an object, not {type(obj).__name__}")
         try:
             ref = cls(topic=str(obj["topic"]), partition=int(obj["partition"]),
                       offset=int(obj["offset"]), sha256=str(obj["sha256"]), size=int(obj["size"]))
@@ -73,6 +82,36 @@ class UpdateRef:
         if ref.partition < 0 or ref.offset < 0 or ref.size < 0 or len(ref.sha256) != 64:
             raise UpdateRefError(f"update reference out of range: {ref}")
         return ref
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, TypeError) as err:
+        raise UpdateRefError(f"not {what}: {err}") from None
+    if not isinstance(obj, dict):
+        raise UpdateRefError(f"not {what} (a JSON {type(obj).__name__})")
+    return obj
+
+
+def pack_refs(refs: Mapping[str, UpdateRef]) -> bytes:
+    """One changelog value holding several references, by update key."""
+    body = {key: [getattr(ref, f) for f in _FIELDS] for key, ref in sorted(refs.items())}
+    return json.dumps({"kind": _CHUNK_KIND, "refs": body}, separators=(",", ":")).encode()
+
+
+def unpack_refs(data: bytes) -> dict[str, UpdateRef]:
+    """Parse :func:`pack_refs` output; :class:`UpdateRefError` for anything else."""
+    obj = _json(data, "a chunk of update references")
+    refs = obj.get("refs")
+    if obj.get("kind") != _CHUNK_KIND or not isinstance(refs, dict):
+        raise UpdateRefError(f"not a chunk of update references (kind {obj.get('kind')!r})")
+    out = {}
+    for key, fields in refs.items():
+        if not isinstance(fields, list) or len(fields) != len(_FIELDS):
+            raise UpdateRefError(f"reference of {key!r} is not a list of {len(_FIELDS)} fields")
+        out[str(key)] = UpdateRef._from_fields(dict(zip(_FIELDS, fields, strict=True)))
+    return out
 
 
 def fetch_refs(settings: Settings, refs: Mapping[str, UpdateRef], *, timeout_s: float = 30.0,

@@ -50,7 +50,7 @@ from schemas.update import ModelUpdate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Offer", "RoundCoordinator", "RoundOutcome", "RoundPolicy", "update_key"]
+__all__ = ["Checked", "Offer", "RoundCoordinator", "RoundOutcome", "RoundPolicy", "update_key"]
 
 _STATE_KIND = "edgeveil.round_coordinator.v1"
 _UNSET: Any = object()
@@ -99,6 +99,16 @@ class Offer:
     update: ModelUpdate
     staleness: int
     duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An update :meth:`RoundCoordinator.check` decoded and verified, not yet admitted."""
+
+    data: bytes
+    update: ModelUpdate
+    sha256: str
+    checker: RoundCoordinator = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -161,22 +171,46 @@ class RoundCoordinator:
         self._strategy_state: Any = _UNSET  # JSON form of the strategy's state, once per round
 
     # ------------------------------------------------------------------ admission
-    def offer(self, data: bytes, *, now: float) -> Offer:
-        """Verify, decode and admit one encoded update.
+    def check(self, data: bytes) -> Checked:
+        """Decode, verify and hash one encoded update without admitting it.
+
+        Reads nothing that admission changes, so it may run in another thread while the event
+        loop admits earlier updates (the Ed25519 check, zstd and SHA-256 release the GIL). Pass
+        the result to :meth:`offer`.
+
+        Raises
+        ------
+        pipeline.codec.CodecError
+            ``reason`` as for :func:`pipeline.codec.decode_update`, or ``wrong_task``.
+        """
+        from pipeline.codec import CodecError
+
+        update = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
+        if update.task != self.task:
+            raise CodecError("wrong_task", f"update is for task {update.task!r}, aggregator runs {self.task!r}")
+        return Checked(data, update, hashlib.sha256(data).hexdigest(), self)
+
+    def offer(self, data: bytes | Checked, *, now: float) -> Offer:
+        """Verify, decode and admit one encoded update (or one :meth:`check` already verified).
 
         Raises
         ------
         pipeline.codec.CodecError
             With ``reason`` for the DLQ: bad frame or signature, unknown node, wrong shapes,
             non-finite values, ``wrong_task``, ``replay``, ``stale``, ``future_version``.
+        ValueError
+            ``data`` is a :class:`Checked` from another coordinator.
         """
-        from pipeline.codec import CodecError, ReplayError
+        from pipeline.codec import ReplayError
 
-        update = decode_update(data, keys=self.keys, expected=self.expected, max_bytes=self.max_bytes)
-        if update.task != self.task:
-            raise CodecError("wrong_task", f"update is for task {update.task!r}, aggregator runs {self.task!r}")
+        if isinstance(data, Checked):
+            if data.checker is not self:
+                raise ValueError("a Checked update must come from this coordinator's check()")
+            checked = data
+        else:
+            checked = self.check(data)
+        update, digest, data = checked.update, checked.sha256, checked.data
         key = update_key(update.task, update.node_id, update.round)
-        digest = hashlib.sha256(data).hexdigest()
         known = self.buffer.get(key) or self.recent.get(key)
         if known is not None:
             if known == digest:

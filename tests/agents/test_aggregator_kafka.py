@@ -203,7 +203,11 @@ def test_sigkill_mid_round_resumes_without_loss_or_double_count(kafka_broker: st
         producer.send(UPDATES.name, key=NODES[2].encode(), value=blobs[2])
         producer.flush()
         v1 = models.wait_for(1, worker=worker2)
-        assert "resumed pedestrian-forecast at version 0 with 2 buffered" in worker2.output
+        resumed = re.search(r"resumed pedestrian-forecast at version 0 with 2 buffered updates "
+                            r"\(round open for ([\d.]+) s\)", worker2.output)
+        assert resumed, worker2.output[-2000:]
+        # the deadline counts from when the round opened before the kill, not from the restart
+        assert float(resumed.group(1)) >= 4.0
     producer.close()
     want = _expected(root, w0, blobs, 0)
     assert sorted(v1.header.participants) == sorted(NODES)

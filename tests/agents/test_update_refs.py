@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from agents.settings import load_settings
-from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs
+from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
 
 
 def _ref(**kw: object) -> UpdateRef:
@@ -28,12 +28,27 @@ def test_round_trip_and_size() -> None:
 @pytest.mark.parametrize("data, words", [
     (b"\x00\x01not json", "not an update reference"),
     (b'{"kind": "something.else"}', "kind 'something.else'"),
-    (b"[1, 2]", "kind None"),
+    (b"[1, 2]", "a JSON list"),
     (b'{"kind": "edgeveil.update_ref.v1", "topic": "t", "partition": 0}', "lacks or mistypes"),
 ])
 def test_bad_values_are_typed_errors(data: bytes, words: str) -> None:
     with pytest.raises(UpdateRefError, match=words):
         UpdateRef.from_bytes(data)
+
+
+def test_chunks_round_trip_and_reject_other_values() -> None:
+    a = UpdateRef(topic="edgeveil.updates", partition=1, offset=5, sha256="cd" * 32, size=10)
+    b = UpdateRef(topic="edgeveil.updates", partition=3, offset=0, sha256="ef" * 32, size=99)
+    refs = {"t|n2|000000001": a, "t|n1|000000004": b}
+    data = pack_refs(refs)
+    assert unpack_refs(data) == refs
+    assert len(data) < 150 * len(refs)  # a batch of references in one small changelog value
+    for bad, words in [(a.to_bytes(), "not a chunk"),
+                       (b'{"kind": "edgeveil.update_refs.v1", "refs": {"k": [1, 2]}}', "list of 5"),
+                       (data.replace(b'"cd', b'"c'), "out of range"),
+                       (b"\xff", "not a chunk")]:
+        with pytest.raises(UpdateRefError, match=words):
+            unpack_refs(bad)
 
 
 def test_out_of_range_values_are_rejected() -> None:

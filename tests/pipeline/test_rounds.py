@@ -281,3 +281,34 @@ def test_decoded_tensors_are_independent_writable_float32(nodes) -> None:
         np.testing.assert_allclose(back["a"], delta["a"], atol=5 / 254)
         back["a"][...] = 7.0  # writing one tensor leaves the other alone
         np.testing.assert_allclose(back["b"], delta["b"], atol=2.5 / 254)
+
+
+def test_check_in_another_thread_then_offer_equals_offer(nodes) -> None:
+    """The aggregator checks updates in a thread ahead of admitting them: same decisions, same
+    aggregate, and check() alone changes nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.rounds import Checked
+
+    frames = [_update(nodes, f"n{i}", value=float(i + 1), n=10 * (i + 1)) for i in range(3)]
+    plain, piped = _coord(nodes, quorum=3), _coord(nodes, quorum=3)
+    for data in frames:
+        plain.offer(data, now=0.0)
+    with ThreadPoolExecutor(1) as pool:
+        checked = list(pool.map(piped.check, frames))
+    assert not piped.buffer and piped.opened_at is None  # checking admits nothing
+    assert all(isinstance(c, Checked) for c in checked)
+    offers = [piped.offer(c, now=0.0) for c in checked]
+    assert [o.key for o in offers] == sorted(plain.buffer) and piped.buffer == plain.buffer
+    assert piped.offer(checked[0], now=0.0).duplicate  # the same bytes again: a duplicate
+    stored = dict(zip(plain.buffer, frames, strict=True))
+    np.testing.assert_array_equal(piped.aggregate(GLOBAL, stored).weights["w"],
+                                  plain.aggregate(GLOBAL, stored).weights["w"])
+    with pytest.raises(ValueError, match="this coordinator"):
+        plain.offer(checked[1], now=0.0)
+    with pytest.raises(CodecError) as err:
+        piped.check(_update(nodes, "n3", task="other"))
+    assert err.value.reason == "wrong_task"
+    with pytest.raises(CodecError) as err:
+        piped.check(frames[0][:-1] + bytes([frames[0][-1] ^ 1]))
+    assert err.value.reason == "bad_signature"
