@@ -191,8 +191,8 @@ class PedestrianForecastTask:
         target = col.to_numpy()[idx]
         tt = t[idx]
         hour = tt.hour.to_numpy() * (2 * np.pi / 24)
-        dow = tt.dayofweek.to_numpy() * (2 * np.pi / 7)
-        doy = tt.dayofyear.to_numpy() * (2 * np.pi / 365.25)
+        dow = tt.day_of_week.to_numpy() * (2 * np.pi / 7)
+        doy = tt.day_of_year.to_numpy() * (2 * np.pi / 365.25)
         cal = np.stack([np.sin(hour), np.cos(hour), np.sin(dow), np.cos(dow), np.sin(doy),
                         np.cos(doy)], axis=1)
         x = np.concatenate([lagged, cal], axis=1).astype(np.float32)
