@@ -93,7 +93,7 @@ class _Runtime:
         # bytes of the open round's admitted updates (their references are in ref_table)
         self.pending: dict[str, bytes] = {}
         # references admitted in the current batch, written as one chunk when it ends
-        self.unflushed: dict[str, Any] = {}
+        self.unflushed: dict[str, UpdateRef] = {}
         # chunk key -> the update keys it references (the open round's chunks in ref_table)
         self.chunks: dict[str, list[str]] = {}
         self.lock = asyncio.Lock()

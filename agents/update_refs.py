@@ -4,7 +4,7 @@ The aggregator keeps the open round in changelog-backed tables. Writing each adm
 bytes (~100 KB for a 100k-parameter model) to a changelog copied every update once more through
 the producer, the broker and the disk, and was the worker's largest cost per update. The bytes
 are already durable on ``edgeveil.updates``, so the changelog keeps only an :class:`UpdateRef`
-(topic, partition, offset, SHA-256, size: ~150 bytes), and a restarted aggregator reads the
+(topic, partition, offset, SHA-256, size: ~130 bytes), and a restarted aggregator reads the
 records back with :func:`fetch_refs`. The references of the updates admitted together (one batch
 of the agent) are written as one changelog record, :func:`pack_refs`: a changelog write per update
 cost the worker as much as decoding it.
@@ -18,8 +18,6 @@ longer pass admission.
 Examples
 --------
 >>> ref = UpdateRef(topic="edgeveil.updates", partition=2, offset=17, sha256="ab" * 32, size=9)
->>> UpdateRef.from_bytes(ref.to_bytes()) == ref
-True
 >>> unpack_refs(pack_refs({"task|node|000000001": ref})) == {"task|node|000000001": ref}
 True
 """
@@ -31,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from agents.settings import Settings
@@ -40,7 +38,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["UpdateRef", "UpdateRefError", "fetch_refs", "pack_refs", "unpack_refs"]
 
-_KIND = "edgeveil.update_ref.v1"
 _CHUNK_KIND = "edgeveil.update_refs.v1"
 _FIELDS = ("topic", "partition", "offset", "sha256", "size")
 
@@ -59,40 +56,6 @@ class UpdateRef:
     sha256: str
     size: int
 
-    def to_bytes(self) -> bytes:
-        return json.dumps({"kind": _KIND, **asdict(self)}, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> UpdateRef:
-        """Parse :meth:`to_bytes` output; :class:`UpdateRefError` for anything else."""
-        obj = _json(data, "an update reference")
-        if obj.get("kind") != _KIND:
-            raise UpdateRefError(f"not an update reference (kind {obj.get('kind')!r})")
-        return cls._from_fields(obj)
-
-    @classmethod
-    def _from_fields(cls, obj: Any) -> UpdateRef:
-        if not isinstance(obj, dict):
-            raise UpdateRefError(f"an update reference must be an object, not {type(obj).__name__}")
-        try:
-            ref = cls(topic=str(obj["topic"]), partition=int(obj["partition"]),
-                      offset=int(obj["offset"]), sha256=str(obj["sha256"]), size=int(obj["size"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise UpdateRefError(f"update reference lacks or mistypes {err}") from None
-        if ref.partition < 0 or ref.offset < 0 or ref.size < 0 or len(ref.sha256) != 64:
-            raise UpdateRefError(f"update reference out of range: {ref}")
-        return ref
-
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, TypeError) as err:
-        raise UpdateRefError(f"not {what}: {err}") from None
-    if not isinstance(obj, dict):
-        raise UpdateRefError(f"not {what} (a JSON {type(obj).__name__})")
-    return obj
-
 
 def pack_refs(refs: Mapping[str, UpdateRef]) -> bytes:
     """One changelog value holding several references, by update key."""
@@ -102,16 +65,29 @@ def pack_refs(refs: Mapping[str, UpdateRef]) -> bytes:
 
 def unpack_refs(data: bytes) -> dict[str, UpdateRef]:
     """Parse :func:`pack_refs` output; :class:`UpdateRefError` for anything else."""
-    obj = _json(data, "a chunk of update references")
-    refs = obj.get("refs")
-    if obj.get("kind") != _CHUNK_KIND or not isinstance(refs, dict):
-        raise UpdateRefError(f"not a chunk of update references (kind {obj.get('kind')!r})")
-    out = {}
-    for key, fields in refs.items():
-        if not isinstance(fields, list) or len(fields) != len(_FIELDS):
-            raise UpdateRefError(f"reference of {key!r} is not a list of {len(_FIELDS)} fields")
-        out[str(key)] = UpdateRef._from_fields(dict(zip(_FIELDS, fields, strict=True)))
-    return out
+    try:
+        obj = json.loads(data)
+    except (ValueError, TypeError) as err:
+        raise UpdateRefError(f"not a chunk of update references: {err}") from None
+    refs = obj.get("refs") if isinstance(obj, dict) else None
+    if not isinstance(refs, dict) or obj.get("kind") != _CHUNK_KIND:
+        kind = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
+        raise UpdateRefError(f"not a chunk of update references (kind {kind!r})")
+    return {str(key): _ref(key, fields) for key, fields in refs.items()}
+
+
+def _ref(key: str, fields: Any) -> UpdateRef:
+    if not isinstance(fields, list) or len(fields) != len(_FIELDS):
+        raise UpdateRefError(f"reference of {key!r} is not a list of {len(_FIELDS)} fields")
+    topic, partition, offset, sha256, size = fields
+    try:
+        ref = UpdateRef(topic=str(topic), partition=int(partition), offset=int(offset),
+                        sha256=str(sha256), size=int(size))
+    except (TypeError, ValueError) as err:
+        raise UpdateRefError(f"reference of {key!r} mistypes a field: {err}") from None
+    if ref.partition < 0 or ref.offset < 0 or ref.size < 0 or len(ref.sha256) != 64:
+        raise UpdateRefError(f"update reference out of range: {ref}")
+    return ref
 
 
 def fetch_refs(settings: Settings, refs: Mapping[str, UpdateRef], *, timeout_s: float = 30.0,
