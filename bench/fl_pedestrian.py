@@ -103,6 +103,17 @@ def _local_dp(task: Any, args: argparse.Namespace, sigma_by_node: dict[str, floa
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _log_progress(rounds: int) -> Any:
+    """A ``simulate`` progress callback that logs the global val MAE about 20 times a run."""
+    every = max(1, rounds // 20)
+
+    def log(r: int, row: Any) -> None:
+        if r % every == 0 or r == rounds:
+            logging.info("fl_dp round %d/%d: global val mae %.2f, eps %.3f (%.1f s/round)",
+                         r, rounds, row.metric, row.epsilon_max, row.seconds)
+    return log
+
+
 def _central(task: Any, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -149,6 +160,12 @@ def main() -> None:
     ap.add_argument("--personalize-layers", choices=("all", "head"), default="all")
     ap.add_argument("--local-head", action="store_true",
                     help="FedPer: each node keeps the last layer; the server averages the body")
+    ap.add_argument("--local-optimizer", choices=("sgd", "adam"), default=None,
+                    help="fl_dp's local optimizer (default: the task's, Adam); local_dp keeps "
+                         "the task's")
+    ap.add_argument("--momentum", type=float, default=None, help="local SGD momentum (fl_dp)")
+    ap.add_argument("--personalize-optimizer", choices=("sgd", "adam"), default=None,
+                    help="optimizer of the personalisation steps (default: the local one)")
     ap.add_argument("--workers", type=int, default=None,
                     help="node worker processes for fl_dp (default: one per CPU) and local_dp "
                          "(default 2)")
@@ -181,7 +198,10 @@ def main() -> None:
                            personalize_steps=args.personalize_steps,
                            personalize_lr=args.personalize_lr,
                            personalize_layers=args.personalize_layers,
-                           local_head=args.local_head)
+                           local_head=args.local_head, local_optimizer=args.local_optimizer,
+                           momentum=args.momentum,
+                           personalize_optimizer=args.personalize_optimizer,
+                           progress=_log_progress(args.rounds))
             sigmas = dict(sim.noise_multipliers)
             from pipeline.weights import set_weights
 
@@ -216,6 +236,8 @@ def main() -> None:
                     "personalize": {"local_head": args.local_head,
                                     "steps": args.personalize_steps,
                                     "lr": args.personalize_lr or args.lr,
+                                    "optimizer": (args.personalize_optimizer
+                                                  or args.local_optimizer or "adam"),
                                     "layers": args.personalize_layers},
                     "epsilon_max": max(sim.epsilons.values()),
                     "per_node_mae": {k[4:]: round(v, 2) for k, v in pm.items()

@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,8 +170,11 @@ class EdgeNode:
         return len(self.data)
 
     def _train(self, model: torch.nn.Module, generator: torch.Generator, *,
-               steps: int | None = None, lr: float | None = None) -> float:
+               steps: int | None = None, lr: float | None = None,
+               optimizer_name: Literal["sgd", "adam"] | None = None) -> float:
         cfg = self.config
+        if optimizer_name is not None:
+            cfg = replace(cfg, optimizer=optimizer_name)
         steps = cfg.local_steps if steps is None else steps
         optimizer = cfg.make_optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
         loader = DataLoader(self.data, batch_size=self.batch_size, shuffle=True,
@@ -218,7 +221,7 @@ class EdgeNode:
 
     def personalize(self, global_weights: Mapping[str, np.ndarray], *, steps: int,
                     lr: float | None = None, layers: PersonalLayers = "all",
-                    round: int = 0) -> Weights:
+                    round: int = 0, optimizer: Literal["sgd", "adam"] | None = None) -> Weights:
         """Fine-tune :meth:`personal_model` of ``global_weights`` (global model, or global body
         with this node's head) on this node's data with DP-SGD; keep the result here.
 
@@ -239,6 +242,8 @@ class EdgeNode:
             (fewer noised coordinates, the shared body stays as the federation learned it).
         round
             Part of the seed (use the round after the last federated one).
+        optimizer
+            ``"sgd"`` or ``"adam"`` (default: the local one of ``train_config``).
 
         Raises
         ------
@@ -260,7 +265,7 @@ class EdgeNode:
                 p.requires_grad_(any(p is h for h in head))
         elif layers != "all":
             raise ValueError(f"layers must be 'all' or 'head', got {layers!r}")
-        self._train(model, generator, steps=steps, lr=lr)
+        self._train(model, generator, steps=steps, lr=lr, optimizer_name=optimizer)
         if self.ledger is not None:
             self.ledger.check_publish()  # durable before the model serves anything
         self.personal_weights = get_weights(model)
@@ -687,6 +692,9 @@ def simulate(
     personalize_lr: float | None = None,
     personalize_layers: PersonalLayers = "all",
     local_head: bool = False,
+    local_optimizer: Literal["sgd", "adam"] | None = None,
+    momentum: float | None = None,
+    personalize_optimizer: Literal["sgd", "adam"] | None = None,
 ) -> SimulationResult:
     """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
 
@@ -713,8 +721,11 @@ def simulate(
     out
         Folder for ``rounds.jsonl``, ``rounds.csv``, ``summary.json`` and ``ledgers/``;
         ``None`` keeps ledgers in memory and writes nothing.
-    lr, batch_size, local_steps
-        Override the task's :class:`TrainConfig`.
+    lr, batch_size, local_steps, local_optimizer, momentum
+        Override the task's :class:`TrainConfig` (``local_optimizer`` ``"sgd"`` or ``"adam"``;
+        ``momentum`` is SGD's). Plain local SGD with an adaptive server (``strategy="fedadam"``)
+        lets the server's optimizer see the average of all nodes' noised steps instead of each
+        node normalising its own noise.
     eval_every
         Evaluate the global model every n rounds (and always after the last).
     progress
@@ -726,7 +737,7 @@ def simulate(
         node; ``1``: every node in this process, one after the other. A node's update depends
         only on the seed and its torch thread count, not on the worker layout: with one thread
         per worker, 2 and 10 workers give the same result. Aggregation order is always node order.
-    personalize_steps, personalize_lr, personalize_layers
+    personalize_steps, personalize_lr, personalize_layers, personalize_optimizer
         ``0`` (default): every node ends with the global model. ``n > 0``: after the last round
         every node fine-tunes the final global model with ``n`` more DP-SGD steps on its own data
         (:meth:`EdgeNode.personalize`, ``layers`` ``"all"`` or ``"head"``), recorded in its
@@ -765,7 +776,8 @@ def simulate(
                       batch_size=batch_size or base.batch_size,
                       local_steps=local_steps or base.local_steps,
                       max_grad_norm=base.max_grad_norm, grad_sample_mode=base.grad_sample_mode,
-                      momentum=base.momentum, optimizer=base.optimizer)
+                      momentum=base.momentum if momentum is None else momentum,
+                      optimizer=local_optimizer or base.optimizer)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -870,7 +882,8 @@ def simulate(
         t_personal = time.perf_counter()
         if personalize_steps or local_head:
             options = {"steps": personalize_steps, "lr": personalize_lr,
-                       "layers": personalize_layers, "round": rounds + 1}
+                       "layers": personalize_layers, "round": rounds + 1,
+                       "optimizer": personalize_optimizer}
             if pool is not None:
                 pool.submit_personalize(aggregator.weights, options)
                 done, node_eps = pool.collect()

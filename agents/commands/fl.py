@@ -27,10 +27,17 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("fedavg", "--strategy", "-s",
                                      help="fedavg, fedavgm, fedadam, median, trimmed_mean, "
                                           "krum, fedbuff."),
+        strategy_options: str = typer.Option(
+            "{}", "--strategy-options",
+            help='JSON keyword arguments of the strategy, e.g. \'{"server_lr": 0.03, '
+                 '"lr_decay": 0.995}\' for fedadam.'),
         accountant: str = typer.Option("prv", "--accountant", help="prv or rdp."),
         compression: str = typer.Option("int8", "--compression",
                                         help="int8, float16 or float32."),
         local_steps: int = typer.Option(None, "--local-steps", help="DP-SGD steps per round."),
+        lr: float = typer.Option(None, "--lr", help="Local learning rate (default: the task's)."),
+        local_optimizer: str = typer.Option(None, "--local-optimizer",
+                                            help="sgd or adam (default: the task's)."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
         workers: int = typer.Option(None, "--workers", min=1,
                                     help="Processes training the nodes (default: one per CPU; "
@@ -47,6 +54,14 @@ def register(app: typer.Typer) -> None:
 
         if accountant not in ("prv", "rdp"):
             raise typer.BadParameter("--accountant must be prv or rdp")
+        if local_optimizer not in (None, "sgd", "adam"):
+            raise typer.BadParameter("--local-optimizer must be sgd or adam")
+        try:
+            options = json.loads(strategy_options)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--strategy-options is not JSON: {exc}") from exc
+        if not isinstance(options, dict):
+            raise typer.BadParameter("--strategy-options must be a JSON object")
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} rounds"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
@@ -60,8 +75,10 @@ def register(app: typer.Typer) -> None:
             try:
                 result = run(task=task, nodes=nodes, rounds=rounds,
                              epsilon=epsilon if epsilon > 0 else None, delta=delta,
-                             strategy=strategy, accountant=accountant,  # type: ignore[arg-type]
+                             strategy=strategy, strategy_options=options,
+                             accountant=accountant,  # type: ignore[arg-type]
                              compression=compression, local_steps=local_steps, seed=seed,
+                             lr=lr, local_optimizer=local_optimizer,  # type: ignore[arg-type]
                              workers=workers, out=out, progress=progress)
             except (ValueError, LedgerCorruptError, BudgetExceededError) as exc:
                 typer.secho(str(exc), fg="red", err=True)

@@ -8,6 +8,7 @@ loaded when that strategy is asked for.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from pipeline.strategies.aggregate import (
@@ -84,7 +85,8 @@ def make_strategy(name: str, **kwargs: Any) -> Strategy:
     Raises
     ------
     ValueError
-        For an unknown name, listing the valid ones.
+        For an unknown name, listing the valid ones; for an option the strategy does not
+        take, listing the ones it does.
 
     Examples
     --------
@@ -104,5 +106,11 @@ def make_strategy(name: str, **kwargs: Any) -> Strategy:
         ) from None
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ValueError(f"strategy {name!r} has no option(s) {', '.join(unknown)}; "
+                             f"its options: {', '.join(params) or 'none'}")
     strategy: Strategy = cls(**kwargs)
     return strategy

@@ -9,7 +9,9 @@ client delta::
     w ← w + η m / (√v + τ)
 
 ``m`` starts at 0 and ``v`` at ``τ²`` (the paper's ``v₋₁ ≥ τ²``). Defaults follow the paper's
-grid: ``η = 10⁻²``, ``β₁ = 0.9``, ``β₂ = 0.99``, ``τ = 10⁻³``.
+grid: ``η = 10⁻²``, ``β₁ = 0.9``, ``β₂ = 0.99``, ``τ = 10⁻³``. Optionally ``η`` decays
+exponentially, ``η_t = η γᵗ`` at the t-th step (t from 0): late rounds then move the model less,
+so the noise in DP updates averages out instead of jittering the final model.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class FedAdam:
         Moment decay rates in ``[0, 1)``.
     tau : float
         Adaptivity ``τ > 0``.
+    lr_decay : float
+        ``γ`` in ``(0, 1]``: the step size is multiplied by it after every step (1: constant).
 
     Examples
     --------
@@ -56,7 +60,8 @@ class FedAdam:
     name = "fedadam"
 
     def __init__(
-        self, *, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+        self, *, server_lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99,
+        tau: float = 1e-3, lr_decay: float = 1.0,
     ) -> None:
         if not server_lr > 0:
             raise ValueError(f"server_lr must be > 0, got {server_lr!r}")
@@ -69,6 +74,10 @@ class FedAdam:
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
         self.tau = float(tau)
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+        self.lr_decay = float(lr_decay)
+        self._steps = 0
         self._m: dict[str, np.ndarray] | None = None
         self._v: dict[str, np.ndarray] | None = None
 
@@ -89,21 +98,29 @@ class FedAdam:
             v *= self.beta2
             v += (1.0 - self.beta2) * d * d
             step[k] = m / (np.sqrt(v) + self.tau)
-        return add_scaled(global_weights, step, scale=self.server_lr)
+        lr = self.server_lr * self.lr_decay ** self._steps
+        self._steps += 1
+        return add_scaled(global_weights, step, scale=lr)
 
     def state_dict(self) -> dict[str, Any]:
-        """First and second moments (``None`` before the first step)."""
+        """First and second moments (``None`` before the first step) and the step count."""
         return {
             "name": self.name,
+            "steps": self._steps,
             "m": None if self._m is None else {k: v.copy() for k, v in self._m.items()},
             "v": None if self._v is None else {k: v.copy() for k, v in self._v.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output; ``ValueError`` on a mismatch."""
-        if set(state) != {"name", "m", "v"} or state["name"] != self.name:
+        # "steps" is absent from states written before lr_decay existed: they restart at 0
+        if not {"name", "m", "v"} <= set(state) <= {"name", "m", "v", "steps"} \
+                or state["name"] != self.name:
             raise ValueError("not a FedAdam state")
+        steps = state.get("steps", 0)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"FedAdam state: steps must be an int >= 0, got {steps!r}")
         m, v = _load_moment(state, "m"), _load_moment(state, "v")
         if (m is None) != (v is None) or (m is not None and v is not None and m.keys() != v.keys()):
             raise ValueError("FedAdam state: m and v disagree")
-        self._m, self._v = m, v
+        self._m, self._v, self._steps = m, v, steps

@@ -57,6 +57,12 @@ class TrainConfig:
     momentum: float = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+
     def make_optimizer(self, params: Iterable[nn.Parameter], *, lr: float | None = None
                        ) -> torch.optim.Optimizer:
         """Return the local optimizer over ``params``."""

@@ -136,3 +136,31 @@ def test_simulate_with_local_heads(ped):  # type: ignore[no-untyped-def]
     assert not np.array_equal(heads[0], heads[1])
     for w in res.personal_weights.values():
         assert np.array_equal(w["net.0.weight"], res.weights["net.0.weight"])
+
+
+def test_personalise_optimizer_choice(ped, tmp_path):  # type: ignore[no-untyped-def]
+    # one step from the same weights: Adam's first step moves every coordinate by about lr
+    # (m / sqrt(v) = ±1), SGD's by lr × (clipped gradient + noise), far less here
+    torch.manual_seed(0)
+    global_w = get_weights(ped.build_model())
+    lr = 1e-3
+    moved = {}
+    for i, opt in enumerate(("adam", "sgd")):
+        node = _node(ped, ped.node_ids()[0], 0, tmp_path / opt)
+        mine = node.personalize(global_w, steps=1, lr=lr, optimizer=opt)  # type: ignore[arg-type]
+        moved[opt] = np.concatenate([np.abs(mine[k] - global_w[k]).ravel() for k in global_w])
+        assert node.ledger is not None and node.ledger.total_steps == 1
+    assert np.median(moved["adam"]) == pytest.approx(lr, rel=0.05)
+    assert moved["sgd"].max() < 0.1 * lr and moved["sgd"].max() > 0
+
+
+def test_local_sgd_with_a_fedadam_server_improves(ped):  # type: ignore[no-untyped-def]
+    kw = dict(task=ped, rounds=4, epsilon=4.0, accountant="rdp", seed=0, local_steps=5,
+              batch_size=150, eval_split="val", workers=1, strategy="fedadam",
+              strategy_options={"server_lr": 0.03})
+    sgd = simulate(local_optimizer="sgd", lr=0.1, **kw)  # type: ignore[arg-type]
+    assert sgd.final_metrics["mae"] < 0.7 * sgd.initial_metrics["mae"]
+    adam = simulate(**kw)  # type: ignore[arg-type]  # the task's local Adam: other steps
+    assert not np.array_equal(sgd.weights["net.0.weight"], adam.weights["net.0.weight"])
+    with pytest.raises(ValueError):
+        simulate(local_optimizer="rmsprop", **kw)  # type: ignore[arg-type]

@@ -85,3 +85,30 @@ def test_fedadam_state_round_trip_and_validation() -> None:
         FedAdam(tau=0.0)
     with pytest.raises(ValueError):
         FedAdam(beta1=1.0)
+
+
+def test_fedadam_lr_decay_by_hand() -> None:
+    # β1=β2=0, τ=1: every step is η_t · d/(|d|+1) = η_t / 2 for d = 1; η_t = 0.4 · 0.5ᵗ
+    s = FedAdam(server_lr=0.4, beta1=0.0, beta2=0.0, tau=1.0, lr_decay=0.5)
+    w = zeros(1)
+    seen = []
+    for _ in range(3):
+        w = s.aggregate(w, results([1.0]))
+        seen.append(float(w["w"][0]))
+    np.testing.assert_allclose(seen, [0.2, 0.3, 0.35], rtol=1e-6)
+    s.aggregate(w, [])  # an empty round takes no step and does not decay
+    assert s.state_dict()["steps"] == 3
+    # the step count survives a restart, so the schedule continues where it was
+    b = FedAdam(server_lr=0.4, beta1=0.0, beta2=0.0, tau=1.0, lr_decay=0.5)
+    b.load_state_dict(s.state_dict())
+    np.testing.assert_allclose(b.aggregate(w, results([1.0]))["w"], [0.375], rtol=1e-6)
+    # a state written before the step count existed restarts the schedule at step 0
+    old = {k: v for k, v in s.state_dict().items() if k != "steps"}
+    c = FedAdam(server_lr=0.4, beta1=0.0, beta2=0.0, tau=1.0, lr_decay=0.5)
+    c.load_state_dict(old)
+    np.testing.assert_allclose(c.aggregate(w, results([1.0]))["w"], [0.55], rtol=1e-6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="lr_decay"):
+            FedAdam(lr_decay=bad)
+    with pytest.raises(ValueError, match="steps"):
+        b.load_state_dict({**s.state_dict(), "steps": -1})
