@@ -11,7 +11,9 @@ Runs (test = 2025, all windows where lags and target exist):
                           layer through the rounds (FedPer) and forecasts with global body +
                           own head
   * ``local_dp``        — each sensor trains alone with the same σ, sample rate and total steps
-                          (rounds × local steps + n, hence the same ε), pooled the same way
+                          (rounds × local steps + n, hence the same ε), pooled the same way; it
+                          always uses the task's local recipe (Adam, lr 3e-3, state kept over
+                          all its steps), whatever ``--local-optimizer`` the federation uses
   * ``central_nodp``    — one non-private model on all sensors' training windows
 
 Usage: python bench/fl_pedestrian.py --rounds 30 --personalize-steps 100 \
@@ -164,6 +166,8 @@ def main() -> None:
                     help="fl_dp's local optimizer (default: the task's, Adam); local_dp keeps "
                          "the task's")
     ap.add_argument("--momentum", type=float, default=None, help="local SGD momentum (fl_dp)")
+    ap.add_argument("--keep-optimizer-state", action="store_true",
+                    help="fl_dp nodes keep their local optimizer state across rounds")
     ap.add_argument("--personalize-optimizer", choices=("sgd", "adam"), default=None,
                     help="optimizer of the personalisation steps (default: the local one)")
     ap.add_argument("--workers", type=int, default=None,
@@ -201,6 +205,7 @@ def main() -> None:
                            local_head=args.local_head, local_optimizer=args.local_optimizer,
                            momentum=args.momentum,
                            personalize_optimizer=args.personalize_optimizer,
+                           keep_optimizer_state=args.keep_optimizer_state,
                            progress=_log_progress(args.rounds))
             sigmas = dict(sim.noise_multipliers)
             from pipeline.weights import set_weights

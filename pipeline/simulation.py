@@ -120,6 +120,10 @@ class EdgeNode:
         Each round trains the global body with this node's own head (DP-SGD on all parameters,
         as usual), and the update carries zeros for the head, so the server only averages the
         body. :meth:`personal_model` is the global model with this node's head.
+    keep_optimizer_state
+        Carry the local optimizer's state (Adam's moments, SGD momentum) from one round to the
+        next instead of starting it fresh: it stays on the node (derived from the node's own
+        noised gradients only, so post-processing under DP).
 
     Examples
     --------
@@ -140,6 +144,7 @@ class EdgeNode:
         index: int = 0,
         batch_size: int | None = None,
         local_head: bool = False,
+        keep_optimizer_state: bool = False,
     ) -> None:
         if ledger is not None and (noise_multiplier is None or noise_multiplier <= 0):
             raise ValueError("a DP node needs noise_multiplier > 0")
@@ -158,6 +163,8 @@ class EdgeNode:
         self.personal_weights: Weights | None = None
         self.local_head = local_head
         self._head: Weights | None = None
+        self.keep_optimizer_state = keep_optimizer_state
+        self._optimizer_state: dict[str, Any] | None = None
 
     @property
     def sample_rate(self) -> float:
@@ -171,12 +178,23 @@ class EdgeNode:
 
     def _train(self, model: torch.nn.Module, generator: torch.Generator, *,
                steps: int | None = None, lr: float | None = None,
-               optimizer_name: Literal["sgd", "adam"] | None = None) -> float:
+               optimizer_name: Literal["sgd", "adam"] | None = None,
+               keep_state: bool = False) -> float:
         cfg = self.config
         if optimizer_name is not None:
             cfg = replace(cfg, optimizer=optimizer_name)
         steps = cfg.local_steps if steps is None else steps
         optimizer = cfg.make_optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
+        if keep_state and self._optimizer_state is not None:
+            optimizer.load_state_dict(self._optimizer_state)
+        loss = self._train_with(model, generator, optimizer, steps)
+        if keep_state:
+            self._optimizer_state = optimizer.state_dict()
+        return loss
+
+    def _train_with(self, model: torch.nn.Module, generator: torch.Generator,
+                    optimizer: torch.optim.Optimizer, steps: int) -> float:
+        cfg = self.config
         loader = DataLoader(self.data, batch_size=self.batch_size, shuffle=True,
                             generator=generator)
         if self.ledger is None:
@@ -287,7 +305,7 @@ class EdgeNode:
         generator = torch.Generator().manual_seed(gen_seed)
         model = self.task.build_model()
         set_weights(model, self.personal_model(global_weights))
-        loss = self._train(model, generator)
+        loss = self._train(model, generator, keep_state=self.keep_optimizer_state)
         trained = get_weights(model)
         delta = weight_delta(trained, global_weights)
         if self.local_head:
@@ -695,6 +713,7 @@ def simulate(
     local_optimizer: Literal["sgd", "adam"] | None = None,
     momentum: float | None = None,
     personalize_optimizer: Literal["sgd", "adam"] | None = None,
+    keep_optimizer_state: bool = False,
 ) -> SimulationResult:
     """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
 
@@ -744,6 +763,9 @@ def simulate(
         ledger; σ is calibrated for the whole plan, ``rounds × local_steps + n`` steps, so the
         total stays within ``epsilon``. The result then holds ``personal_weights`` and each
         node's ``personal_metrics`` on ``eval_split``.
+    keep_optimizer_state
+        Every node keeps its local optimizer's state from round to round (see
+        :class:`EdgeNode`) instead of starting it fresh each round.
     local_head
         Every node keeps the model's last layer to itself (see :class:`EdgeNode`); the result's
         ``personal_weights`` are then the final global body with each node's head (fine-tuned
@@ -803,7 +825,8 @@ def simulate(
         node = EdgeNode(node_id=nid, task=the_task, private_key=private, ledger=ledger,
                         noise_multiplier=1.0 if ledger else None, train_config=cfg,
                         compression=Compression(compression), seed=seed, index=i,
-                        batch_size=batches[i], local_head=local_head)
+                        batch_size=batches[i], local_head=local_head,
+                        keep_optimizer_state=keep_optimizer_state)
         if ledger is not None:
             node.noise_multiplier = noise_multiplier or _noise_for(
                 node, epsilon=epsilon or 0.0, delta=delta, rounds=rounds, accountant=accountant,

@@ -164,3 +164,24 @@ def test_local_sgd_with_a_fedadam_server_improves(ped):  # type: ignore[no-untyp
     assert not np.array_equal(sgd.weights["net.0.weight"], adam.weights["net.0.weight"])
     with pytest.raises(ValueError):
         simulate(local_optimizer="rmsprop", **kw)  # type: ignore[arg-type]
+
+
+def test_keep_optimizer_state_carries_adam_over_rounds(ped, tmp_path):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    global_w = get_weights(ped.build_model())
+    kept = _node(ped, ped.node_ids()[0], 0, tmp_path / "kept", budget=20.0)
+    kept.keep_optimizer_state = True
+    fresh = _node(ped, ped.node_ids()[0], 0, tmp_path / "fresh", budget=20.0)
+    assert kept.config.optimizer == "adam"
+    for r in (1, 2):
+        kept.train_round(global_w, round=r, version=r - 1)
+        fresh.train_round(global_w, round=r, version=r - 1)
+    state = kept._optimizer_state
+    assert state is not None and fresh._optimizer_state is None
+    # Adam counted every step of both rounds: its moments were not reset in between
+    steps = {float(s["step"]) for s in state["state"].values()}
+    assert steps == {2.0 * kept.config.local_steps}
+    # same data, noise and start in round 2: only the carried moments differ
+    assert kept.last_update is not None and fresh.last_update is not None
+    assert not np.allclose(kept.last_update.delta["net.0.weight"],
+                           fresh.last_update.delta["net.0.weight"])
