@@ -72,7 +72,7 @@ def _local_node(i: int) -> tuple[str, np.ndarray, np.ndarray, float]:
     ledger = PrivacyLedger(node_id=nid, budget=args.epsilon, delta=args.delta,
                            mechanism=args.accountant)
     dp = make_private(module=model,
-                      optimizer=cfg.make_optimizer(model.parameters(), lr=args.lr),
+                      optimizer=cfg.make_optimizer(model.parameters(), lr=args.local_dp_lr),
                       data_loader=DataLoader(task.train_data(nid), batch_size=batches[i]),
                       ledger=ledger, noise_multiplier=sigma_by_node[nid],
                       max_grad_norm=cfg.max_grad_norm, grad_sample_mode=cfg.grad_sample_mode)
@@ -145,7 +145,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--local-steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="fl_dp's local learning rate (default: the task's)")
+    ap.add_argument("--local-dp-lr", type=float, default=None,
+                    help="local_dp's Adam learning rate (default: the task's, 3e-3)")
     ap.add_argument("--epsilon", type=float, default=2.0)
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--accountant", default="prv")
@@ -182,6 +185,8 @@ def main() -> None:
     task: Any = get_task("pedestrian-forecast", horizon=args.horizon)
     if args.lr is None:
         args.lr = task.train_config.lr
+    if args.local_dp_lr is None:
+        args.local_dp_lr = task.train_config.lr
     out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v)
                                       for k, v in vars(args).items()},
                            "nodes": len(task.node_ids()), "results": {}}

@@ -145,7 +145,7 @@ def test_personalise_optimizer_choice(ped, tmp_path):  # type: ignore[no-untyped
     global_w = get_weights(ped.build_model())
     lr = 1e-3
     moved = {}
-    for i, opt in enumerate(("adam", "sgd")):
+    for opt in ("adam", "sgd"):
         node = _node(ped, ped.node_ids()[0], 0, tmp_path / opt)
         mine = node.personalize(global_w, steps=1, lr=lr, optimizer=opt)  # type: ignore[arg-type]
         moved[opt] = np.concatenate([np.abs(mine[k] - global_w[k]).ravel() for k in global_w])
