@@ -16,8 +16,11 @@ Runs (test = 2025, all windows where lags and target exist):
                           all its steps), whatever ``--local-optimizer`` the federation uses
   * ``central_nodp``    — one non-private model on all sensors' training windows
 
-Usage: python bench/fl_pedestrian.py --rounds 30 --personalize-steps 100 \
-           --out bench/results/fl_pedestrian.json
+Usage (the measured recipe, ~26 min on 2 cores; see docs/fl.md):
+  python bench/fl_pedestrian.py --rounds 500 --local-optimizer sgd --lr 0.1 \
+      --strategy fedadam --strategy-options '{"server_lr": 0.03}' --personalize-steps 200 \
+      --personalize-optimizer adam --personalize-lr 3e-4 \
+      --out bench/results/fl_pedestrian_r500_sgd_fedadam_ft200.json
 """
 
 from __future__ import annotations
