@@ -19,6 +19,7 @@ says so in its telemetry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -107,6 +108,10 @@ class _Edge:
         # the federation, so one noise calibration (about 1 s of PRV accounting) serves them all
         sizes = [len(self.task.train_data(n)) for n in self.cfg.nodes]
         batches = common_batch_sizes(sizes, batch_size=self.task.train_config.batch_size)
+        base = self.task.train_config
+        self.train_config = dataclasses.replace(
+            base, optimizer=self.cfg.local_optimizer or base.optimizer,
+            lr=base.lr if self.cfg.lr is None else float(self.cfg.lr))
         sigmas: dict[tuple[float, str], float] = {}
         for node_id in self.node_ids:
             ledger = PrivacyLedger.open(ledger_path(self.root / "ledgers", node_id),
@@ -116,7 +121,8 @@ class _Edge:
             node = EdgeNode(
                 node_id=node_id, task=self.task, private_key=federation.node_key(self.root, node_id),
                 ledger=ledger, noise_multiplier=1.0, compression=self.cfg.compression,
-                seed=self.cfg.seed, index=index, batch_size=batches[index])
+                seed=self.cfg.seed, index=index, batch_size=batches[index],
+                train_config=self.train_config)
             key = (round(node.sample_rate, 12), str(ledger.mechanism))
             if key not in sigmas:
                 sigmas[key] = noise_multiplier_for_budget(

@@ -44,6 +44,10 @@ class FederationConfig:
     compression: str = "int8"
     seed: int = 0
     nodes: list[str] = field(default_factory=list)
+    #: the edges' local training, overriding the task's (``None``: the task's own); e.g.
+    #: ``"sgd"`` and ``0.1`` with ``strategy="fedadam"`` for pedestrian-forecast (docs/fl.md)
+    local_optimizer: str | None = None
+    lr: float | None = None
 
 
 def run_dir() -> Path:
@@ -68,7 +72,13 @@ def load_config(path: Path | None = None) -> FederationConfig:
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown keys in {root / 'federation.json'}: {sorted(unknown)}")
-    return replace(FederationConfig(), **data)
+    cfg = replace(FederationConfig(), **data)
+    if cfg.local_optimizer not in (None, "sgd", "adam"):
+        raise ValueError(f"{root / 'federation.json'}: local_optimizer must be \"sgd\", "
+                         f"\"adam\" or null, got {cfg.local_optimizer!r}")
+    if cfg.lr is not None and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+        raise ValueError(f"{root / 'federation.json'}: lr must be > 0 or null, got {cfg.lr!r}")
+    return cfg
 
 
 def init_run_dir(path: Path, config: FederationConfig) -> Path:

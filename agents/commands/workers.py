@@ -53,16 +53,40 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("fedavg"),
         quorum: int = typer.Option(0, help="Updates per round (0 = every node)."),
         mode: str = typer.Option("sync", help="sync | async (FedBuff)."),
+        strategy_options: str = typer.Option(
+            "{}", help='JSON keyword arguments of the strategy, e.g. \'{"server_lr": 0.03}\'.'),
+        local_optimizer: str = typer.Option(None, help="Edges' local optimizer: sgd or adam "
+                                                       "(default: the task's)."),
+        lr: float = typer.Option(None, help="Edges' local learning rate (default: the task's)."),
     ) -> None:
         """Write federation.json and fresh Ed25519 keys for the aggregator and every node."""
+        import json
+
         from agents.federation import FederationConfig, init_run_dir
+        from pipeline.strategies import make_strategy
         from pipeline.tasks import get_task
+
+        if local_optimizer not in (None, "sgd", "adam"):
+            raise typer.BadParameter("--local-optimizer must be sgd or adam")
+        if lr is not None and lr <= 0:
+            raise typer.BadParameter("--lr must be > 0")
+        try:
+            options = json.loads(strategy_options)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--strategy-options is not JSON: {exc}") from exc
+        if not isinstance(options, dict):
+            raise typer.BadParameter("--strategy-options must be a JSON object")
+        try:
+            make_strategy(strategy, **options)  # the aggregator would fail on it at start
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
 
         kwargs = {"sensors": nodes} if task == "pedestrian-forecast" else {"num_nodes": nodes}
         node_ids = get_task(task, **kwargs).node_ids()
-        cfg = FederationConfig(task=task, task_kwargs=kwargs, strategy=strategy, mode=mode,
+        cfg = FederationConfig(task=task, task_kwargs=kwargs, strategy=strategy,
+                               strategy_kwargs=options, mode=mode,
                                quorum=quorum or len(node_ids), rounds=rounds, epsilon=epsilon,
-                               nodes=node_ids)
+                               nodes=node_ids, local_optimizer=local_optimizer, lr=lr)
         init_run_dir(run_dir, cfg)
         typer.echo(f"federation of {len(node_ids)} nodes written to {run_dir}")
         typer.echo(f"  export EDGEVEIL_RUN_DIR={run_dir.resolve()}")
