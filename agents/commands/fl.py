@@ -48,20 +48,14 @@ def register(app: typer.Typer) -> None:
         """Run federated rounds of TASK with every node and the aggregator in this process."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from agents.commands._training import training_options
         from pipeline.ledger import BudgetExceededError, LedgerCorruptError
         from pipeline.simulation import RoundRow
         from pipeline.simulation import simulate as run
 
         if accountant not in ("prv", "rdp"):
             raise typer.BadParameter("--accountant must be prv or rdp")
-        if local_optimizer not in (None, "sgd", "adam"):
-            raise typer.BadParameter("--local-optimizer must be sgd or adam")
-        try:
-            options = json.loads(strategy_options)
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"--strategy-options is not JSON: {exc}") from exc
-        if not isinstance(options, dict):
-            raise typer.BadParameter("--strategy-options must be a JSON object")
+        options = training_options(strategy_options, local_optimizer, lr)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} rounds"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:

@@ -60,22 +60,12 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(None, help="Edges' local learning rate (default: the task's)."),
     ) -> None:
         """Write federation.json and fresh Ed25519 keys for the aggregator and every node."""
-        import json
-
+        from agents.commands._training import training_options
         from agents.federation import FederationConfig, init_run_dir
         from pipeline.strategies import make_strategy
         from pipeline.tasks import get_task
 
-        if local_optimizer not in (None, "sgd", "adam"):
-            raise typer.BadParameter("--local-optimizer must be sgd or adam")
-        if lr is not None and lr <= 0:
-            raise typer.BadParameter("--lr must be > 0")
-        try:
-            options = json.loads(strategy_options)
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"--strategy-options is not JSON: {exc}") from exc
-        if not isinstance(options, dict):
-            raise typer.BadParameter("--strategy-options must be a JSON object")
+        options = training_options(strategy_options, local_optimizer, lr)
         try:
             make_strategy(strategy, **options)  # the aggregator would fail on it at start
         except ValueError as exc:
