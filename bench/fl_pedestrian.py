@@ -250,7 +250,8 @@ def main() -> None:
                                     "steps": args.personalize_steps,
                                     "lr": args.personalize_lr or args.lr,
                                     "optimizer": (args.personalize_optimizer
-                                                  or args.local_optimizer or "adam"),
+                                                  or args.local_optimizer
+                                                  or task.train_config.optimizer),
                                     "layers": args.personalize_layers},
                     "epsilon_max": max(sim.epsilons.values()),
                     "per_node_mae": {k[4:]: round(v, 2) for k, v in pm.items()
