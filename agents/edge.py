@@ -263,8 +263,10 @@ async def _send_camera_output(edge: _Edge) -> None:
                               counts={"person": int(round(iv.mean.get("person", 0.0)))},
                               model_version=edge.slot.version)
         await analytics_topic.send(key=edge.camera_node.encode(), value=rec.encode())
-    for jpeg in cam.drain_previews():  # anonymized frames only (CameraLoop refuses raw)
-        await frames_topic.send(key=edge.camera_node.encode(), value=jpeg)
+    for p in cam.drain_previews():  # anonymized, gated frames only (CameraLoop refuses raw)
+        headers = {"edgeveil-seq": str(p.seq).encode(), "edgeveil-loop": str(p.loop).encode(),
+                   "edgeveil-vouched": json.dumps(p.vouched, sort_keys=True).encode()}
+        await frames_topic.send(key=edge.camera_node.encode(), value=p.jpeg, headers=headers)
 
 
 @app.on_before_shutdown.connect

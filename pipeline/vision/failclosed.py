@@ -1,9 +1,11 @@
 """Fail closed: a frame whose detection failed, timed out or was skipped is never released raw.
 
 :class:`FailClosedAnonymizer` runs the detector (in a watchdog worker thread when a timeout is
-set) and returns either the anonymized frame, a fully hidden frame, or ``None`` (when configured
-to drop) -- never the input pixels. The outcome is written to the frame's metadata:
-``fail_closed`` (bool) and ``fail_reason`` (str).
+set), checks the release gate (:class:`~pipeline.vision.gate.ReleaseGate`: a single-image
+detector must have looked at the frame recently), and returns either the anonymized frame, a
+fully hidden frame, or ``None`` (when configured to drop) -- never the input pixels. The outcome
+is written to the frame's metadata: ``fail_closed`` (bool), ``fail_reason`` (str) and, for a
+released frame, ``vouched`` (class -> frames since a single-image detector looked).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import queue
 import threading
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.vision.anonymize import AnonymizeMode, Policy, anonymize, anonymize_full
 from pipeline.vision.detectors.base import Detections, Detector
 from pipeline.vision.exceptions import DetectorError, DetectorTimeoutError
 from pipeline.vision.frames import Frame
+from pipeline.vision.gate import ReleaseGate, default_gate
 
 __all__ = ["OnFailure", "FailClosedAnonymizer", "FailClosedStats"]
 
@@ -42,6 +45,7 @@ class FailClosedStats:
     errors: int = 0
     timeouts: int = 0
     skipped: int = 0
+    unvouched: int = 0
 
 
 class _Worker:
@@ -90,11 +94,16 @@ class FailClosedAnonymizer:
         :attr:`OnFailure.HIDE` (release the whole frame hidden) or :attr:`OnFailure.DROP`.
     failure_mode
         How a failed frame is hidden.
+    gate
+        The release gate; by default every class of ``policy`` must have been vouched for by a
+        single-image detector recently enough (:func:`~pipeline.vision.gate.default_gate`).
+        ``None`` switches the gate off (tests of other parts only: a motion-only detector then
+        releases frames on its own verdict).
 
     Examples
     --------
     >>> import numpy as np
-    >>> class Broken:
+    >>> class Broken:  # a detector that always fails
     ...     name = "broken"
     ...     def __call__(self, frame):
     ...         raise RuntimeError("boom")
@@ -106,11 +115,15 @@ class FailClosedAnonymizer:
 
     def __init__(self, detector: Detector, *, policy: Policy | AnonymizeMode,
                  timeout_s: float | None = None, on_failure: OnFailure = OnFailure.HIDE,
-                 failure_mode: AnonymizeMode = AnonymizeMode.PIXELATE) -> None:
+                 failure_mode: AnonymizeMode = AnonymizeMode.PIXELATE,
+                 gate: ReleaseGate | None | Literal["default"] = "default") -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
         self.detector = detector
         self.policy = policy
+        if gate == "default":
+            gate = default_gate(None if isinstance(policy, AnonymizeMode) else policy.keys())
+        self.gate: ReleaseGate | None = gate
         self.timeout_s = timeout_s
         self.on_failure = on_failure
         self.failure_mode = failure_mode
@@ -150,7 +163,12 @@ class FailClosedAnonymizer:
             if not isinstance(dets, Detections):
                 raise DetectorError(self.detector.name, frame.seq,
                                     f"returned {type(dets).__name__}, not Detections")
-            return _mark_ok(anonymize(frame, dets, self.policy))
+            if self.gate is not None:
+                reason = self.gate.check(dets)
+                if reason is not None:
+                    self.stats.unvouched += 1
+                    return self.fail(frame, f"unvouched: {reason}")
+            return _mark_ok(anonymize(frame, dets, self.policy), dets)
         except DetectorTimeoutError as exc:
             self.stats.timeouts += 1
             return self.fail(frame, str(exc))
@@ -159,5 +177,6 @@ class FailClosedAnonymizer:
             return self.fail(frame, f"{type(exc).__name__}: {exc}")
 
 
-def _mark_ok(frame: Frame) -> Frame:
-    return frame.with_image(frame.image, anonymized=True, fail_closed=False)
+def _mark_ok(frame: Frame, dets: Detections) -> Frame:
+    return frame.with_image(frame.image, anonymized=True, fail_closed=False,
+                            vouched={c.name.lower(): a for c, a in dets.vouched.items()})

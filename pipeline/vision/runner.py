@@ -25,6 +25,7 @@ from pipeline.vision.detectors.text import TextDetector
 from pipeline.vision.exceptions import SourceError
 from pipeline.vision.failclosed import FailClosedAnonymizer
 from pipeline.vision.frames import Frame
+from pipeline.vision.gate import DEFAULT_MAX_AGE, TEXT_MAX_AGE
 from pipeline.vision.sinks import FrameSink
 
 __all__ = ["RunSummary", "run", "default_detector"]
@@ -38,43 +39,63 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
                      providers: Sequence[str] | None = ("CPUExecutionProvider",),
                      threads: int | None = None, face_every: int = 15,
                      text_every: int = 10, still_image: bool = False,
-                     background: bool = True) -> EnsembleDetector:
+                     background: bool = True, key_every: int = DEFAULT_MAX_AGE,
+                     text_max_age: int = TEXT_MAX_AGE, motion: bool = True) -> EnsembleDetector:
     """The detector EdgeVeil uses for ``classes`` (all by default).
 
-    PERSON/HEAD: :class:`MotionPeopleDetector` on every frame (skipped for ``still_image``).
+    PERSON/HEAD: on streams, :class:`~pipeline.vision.detectors.tracking.PeopleTracker` --
+    NanoDet on the first frame and every ``key_every`` frames (earlier when motion shows
+    something unexplained), its people tracked in between, plus the MOG2 motion detector on
+    every frame (``motion=False`` leaves it out); on still images, NanoDet on every image.
     FACE: CenterFace at half resolution, in a background thread on the newest frame whenever it
-    is idle (``background=True``), else every ``face_every`` frames. TEXT: PP-OCR det likewise
-    (background, else every ``text_every`` frames). For ``still_image`` every detector runs on
-    every image at full resolution.
+    is idle (``background=True``), else every ``face_every`` frames; when no person classes are
+    asked for, CenterFace alone vouches for faces, so it never runs more than ``key_every``
+    frames behind. TEXT: PP-OCR det likewise (background, never more than ``text_max_age`` frames
+    behind, else every ``text_every`` frames). For ``still_image`` every detector runs on every
+    image at full resolution. Pair it with :func:`~pipeline.vision.gate.default_gate` for the
+    same ``classes`` (what :class:`~pipeline.vision.failclosed.FailClosedAnonymizer` does by default).
 
     Examples
     --------
     >>> det = default_detector([ObjectClass.PERSON, ObjectClass.HEAD])
     >>> det.name
-    'ensemble(motion-people)'
+    'ensemble(people(nanodet+motion-people))'
     """
+    from pipeline.vision.detectors.nanodet import NanoDetPersonDetector
+    from pipeline.vision.detectors.tracking import PeopleTracker
+
     cls = frozenset(ObjectClass) if classes is None else frozenset(classes)
     parts: list[Detector | Every | Background] = []
-    if cls & {ObjectClass.PERSON, ObjectClass.HEAD} and not still_image:
-        parts.append(MotionPeopleDetector())
+    people = bool(cls & {ObjectClass.PERSON, ObjectClass.HEAD})
+    if people:
+        nano = NanoDetPersonDetector(providers=providers, threads=threads)
+        if still_image:
+            parts.append(nano)
+        else:
+            parts.append(PeopleTracker(nano, motion=MotionPeopleDetector() if motion else None,
+                                       key_every=key_every))
     if ObjectClass.FACE in cls:
         face = CenterFaceDetector(providers=providers,
                                   threads=threads if threads is not None or still_image else 1,
                                   input_size=None if still_image else (384, 288))
         if still_image:
             parts.append(face)
+        elif background:
+            parts.append(Background(face, min_every=face_every,
+                                    max_age=None if people else key_every))
         else:
-            parts.append(Background(face, min_every=face_every) if background
-                         else Every(face, k=face_every, offset=1))
+            k = face_every if people else min(face_every, key_every)
+            parts.append(Every(face, k=k, offset=min(1, k - 1)))
     if ObjectClass.TEXT in cls:
         text = TextDetector(providers=providers,
                             threads=threads if threads is not None or still_image else 1)
         if still_image:
             parts.append(text)
         elif background:
-            parts.append(Background(text, min_every=text_every))
+            parts.append(Background(text, min_every=text_every, max_age=text_max_age))
         else:
-            parts.append(Every(text, k=text_every, offset=min(3, text_every - 1)))
+            k = min(text_every, text_max_age)
+            parts.append(Every(text, k=k, offset=min(3, k - 1)))
     if not parts:
         raise ValueError(f"no detector for classes {sorted(c.name for c in cls)}")
     return EnsembleDetector(parts)
@@ -90,6 +111,7 @@ class RunSummary:
     frames_out: int = 0
     detections: dict[str, int] = field(default_factory=dict)
     fail_closed_frames: int = 0
+    unvouched_frames: int = 0
     dropped_frames: int = 0
     seconds: float = 0.0
     fps: float = 0.0
@@ -218,6 +240,7 @@ def run(source: Iterable[Frame], processor: FailClosedAnonymizer, sink: FrameSin
         sink.flush()
         summary.detections = dict(det_counts)
         summary.fail_closed_frames = processor.stats.fail_closed
+        summary.unvouched_frames = processor.stats.unvouched
         summary.dropped_frames = int(getattr(source, "dropped", 0))
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.fps = round(summary.frames_in / summary.seconds, 2) if summary.seconds else 0.0

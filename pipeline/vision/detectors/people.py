@@ -183,6 +183,7 @@ class MotionPeopleDetector:
         self._close = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 9))
         self._tracks: list[_Track] = []
         self._n = 0
+        self.last_blobs: npt.NDArray[np.float32] = np.zeros((0, 4), np.float32)
 
     def reset(self) -> None:
         """Forget the background model and tracks (e.g. after the camera moved)."""
@@ -253,6 +254,7 @@ class MotionPeopleDetector:
         """Person + head boxes for the next image of the stream."""
         h, w = image.shape[:2]
         boxes = self._blobs(self.foreground(image), (h, w))
+        self.last_blobs = boxes
         if self.hog is not None and self.hog_every and self._n % self.hog_every == 0:
             extra = self.hog.detect_image(image)
             if len(extra):
