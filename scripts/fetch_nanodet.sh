@@ -7,7 +7,8 @@
 # 2. converts the TF.js graph to ONNX with pipeline/vision/tfjs_onnx.py (no TensorFlow needed);
 #    the result is cached under a stamp of the source files' and the converter's SHA-256, so a
 #    second run does nothing and a changed converter reconverts;
-# 3. installs TF.js (pure-JS CPU backend) into CACHE_DIR/node: the reference runtime that
+# 3. writes an int8 copy (pipeline/vision/quantize.py), cached the same way;
+# 4. installs TF.js (pure-JS CPU backend) into CACHE_DIR/node: the reference runtime that
 #    tests/pipeline/vision/test_tfjs_onnx.py compares the converted model with.
 # Nothing here runs at detection time: the detectors only read the cached ONNX file.
 set -euo pipefail
@@ -64,4 +65,15 @@ if [ ! -f "$NODE_DIR/node_modules/@tensorflow/tfjs-converter/package.json" ] \
   npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" \
     "@tensorflow/tfjs-core@$TFJS_VERSION" "@tensorflow/tfjs-converter@$TFJS_VERSION" \
     "@tensorflow/tfjs-backend-cpu@$TFJS_VERSION" >/dev/null
+fi
+
+INT8="$DIR/nanodet-m-416-int8.onnx"
+STAMP8="$(sha "$ONNX") $(sha "$ROOT/pipeline/vision/quantize.py")"
+if [ ! -s "$INT8" ] || [ "$(cat "$DIR/.stamp-int8" 2>/dev/null || true)" != "$STAMP8" ]; then
+  say "quantizing NanoDet to int8 ($INT8; calibration: 20 vtest.avi frames)"
+  if ! (cd "$ROOT" && "$PY" -m pipeline.vision.quantize "$INT8.tmp" > "$DIR/quantize.log" 2>&1); then
+    tail -20 "$DIR/quantize.log" >&2; echo "int8 quantization failed (log: $DIR/quantize.log)" >&2; exit 1
+  fi
+  mv "$INT8.tmp" "$INT8"
+  echo "$STAMP8" > "$DIR/.stamp-int8"
 fi

@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
                                                   help="ONNX Runtime execution provider "
                                                   "(repeatable); default CPU."),
         threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
+        int8: bool = typer.Option(False, "--int8", help="Use the int8-quantized person "
+                                  "detector (faster on small CPUs; see docs/vision.md)."),
         key_every: int = typer.Option(DEFAULT_MAX_AGE, "--key-every", min=1,
                                       help="Video: run the appearance person detector at least "
                                       "every N frames (first frame always); a frame it has not "
@@ -79,7 +81,8 @@ def register(app: typer.Typer) -> None:
             source = open_source(input, target_fps=target_fps, max_frames=max_frames)
             still = isinstance(source, ImageFolderSource)
             det = default_detector(cls, providers=provider or ("CPUExecutionProvider",),
-                                   threads=threads, still_image=still, key_every=key_every)
+                                   threads=threads, still_image=still, key_every=key_every,
+                                   int8=int8)
         except (ValueError, SourceError, EdgeVeilError) as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2) from exc

@@ -40,7 +40,8 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
                      threads: int | None = None, face_every: int = 15,
                      text_every: int = 10, still_image: bool = False,
                      background: bool = True, key_every: int = DEFAULT_MAX_AGE,
-                     text_max_age: int = TEXT_MAX_AGE, motion: bool = True) -> EnsembleDetector:
+                     text_max_age: int = TEXT_MAX_AGE, motion: bool = True,
+                     int8: bool = False) -> EnsembleDetector:
     """The detector EdgeVeil uses for ``classes`` (all by default).
 
     PERSON/HEAD: on streams, :class:`~pipeline.vision.detectors.tracking.PeopleTracker` --
@@ -52,7 +53,9 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     asked for, CenterFace alone vouches for faces, so it never runs more than ``key_every``
     frames behind. TEXT: PP-OCR det likewise (background, never more than ``text_max_age`` frames
     behind, else every ``text_every`` frames). For ``still_image`` every detector runs on every
-    image at full resolution. Pair it with :func:`~pipeline.vision.gate.default_gate` for the
+    image at full resolution. ``int8`` uses the int8 NanoDet (:mod:`pipeline.vision.quantize`).
+    NanoDet runs with one intra-op thread on streams unless ``threads`` says otherwise (decoding,
+    motion and encoding keep the other core busy). Pair it with :func:`~pipeline.vision.gate.default_gate` for the
     same ``classes`` (what :class:`~pipeline.vision.failclosed.FailClosedAnonymizer` does by default).
 
     Examples
@@ -68,7 +71,8 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     parts: list[Detector | Every | Background] = []
     people = bool(cls & {ObjectClass.PERSON, ObjectClass.HEAD})
     if people:
-        nano = NanoDetPersonDetector(providers=providers, threads=threads)
+        nano = NanoDetPersonDetector(providers=providers, int8=int8,
+                                     threads=threads if threads is not None or still_image else 1)
         if still_image:
             parts.append(nano)
         else:

@@ -65,7 +65,9 @@ class NanoDetPersonDetector:
     Parameters
     ----------
     model_path
-        The converted ONNX model; default ``pipeline.assets.locate("nanodet-m-416.onnx")``.
+        The converted ONNX model; default ``pipeline.assets.locate("nanodet-m-416.onnx")``, or
+        its int8 copy (``"nanodet-m-416-int8.onnx"``, :mod:`pipeline.vision.quantize`) when
+        ``int8`` is true.
     score_threshold
         Person score above which a box is kept. Low on purpose: a false box only blurs a bit of
         background, a missed person leaks.
@@ -108,7 +110,7 @@ class NanoDetPersonDetector:
                  head_fraction: float = 0.25,
                  providers: Sequence[str] | None = ("CPUExecutionProvider",),
                  threads: int | None = None,
-                 session: onnxruntime.InferenceSession | None = None) -> None:
+                 session: onnxruntime.InferenceSession | None = None, int8: bool = False) -> None:
         if not 0.0 < score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
         if not 0.0 < nms_iou <= 1.0:
@@ -124,7 +126,7 @@ class NanoDetPersonDetector:
             if model_path is None:
                 from pipeline.assets import locate
 
-                model_path = locate("nanodet-m-416.onnx")
+                model_path = locate("nanodet-m-416-int8.onnx" if int8 else "nanodet-m-416.onnx")
             if not Path(model_path).is_file():
                 raise ModelLoadError(str(model_path), "file not found")
             session = make_session(str(model_path), providers=providers, threads=threads)
