@@ -12,7 +12,7 @@ table                  holds                                                    
 ``fleet-versions``     version -> metrics, participants, round latency, bytes        each publication
 ``fleet-counters``     counter family -> label -> count (updates, DLQ, telemetry,    all of the above
                        models, control messages)
-``fleet-control``      task -> the rollout command in force; rejected commands       ``edgeveil.control``
+``fleet-rollout``      task -> the rollout command in force; rejected commands       ``edgeveil.control``
 =====================  ============================================================  ==========
 
 Writes the aggregator makes on its hot path (update outcomes, counters) are buffered in memory
@@ -89,7 +89,7 @@ class Fleet:
         self.updates = table("fleet-updates")
         self.versions = table("fleet-versions")
         self.counters = table("fleet-counters")
-        self.control = table("fleet-control")
+        self.control = table("fleet-rollout")
         self._tables = (self.nodes, self.updates, self.versions, self.counters, self.control)
 
         app.agent(raw(TELEMETRY), name="fleet-telemetry")(self._on_telemetry)
@@ -97,6 +97,7 @@ class Fleet:
         app.agent(raw(CONTROL), name="fleet-control")(self._on_control)
         app.timer(interval=1.0, name="fleet-flush")(self._flush_timer)
         app.on_worker_init.connect(self._on_worker_init)
+        app.on_before_shutdown.connect(self._on_shutdown)
 
         # faust calls a page handler as handler(view, request): plain functions, not methods
         async def fleet_page(view: Any, request: Any) -> Any:
@@ -176,6 +177,12 @@ class Fleet:
             recent = list(self.control.get("dlq-recent") or []) + list(self._recent_dlq)
             self.control["dlq-recent"] = recent[-RECENT:]
             self._recent_dlq.clear()
+
+    async def _on_shutdown(self, app: Any, **kwargs: Any) -> None:
+        """SIGTERM: write what is buffered before faust flushes the producer."""
+        if self._ready() and (self._updates or self._counts or self._recent_dlq):
+            await self._metadata()
+            self.flush()
 
     async def _flush_timer(self) -> None:
         if not self._ready() or not (self._updates or self._counts or self._recent_dlq):
