@@ -273,12 +273,12 @@ padding:0 1em;color:#111827}
 h1{font-size:1.6em;margin:.2em 0 .6em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 .card{display:grid;grid-template-columns:repeat(auto-fit,minmax(11em,1fr));gap:.8em;
 border:1px solid #e5e7eb;border-radius:10px;padding:1em 1.2em;background:#f8fafc}
-.kpi .label{font-size:.75em;text-transform:uppercase;letter-spacing:.06em;color:#6b7280}
+.kpi .label{font-size:.8em;letter-spacing:.02em;color:#6b7280;font-weight:600}
 .kpi .value{font-size:1.5em;font-weight:650}.kpi .note{font-size:.85em;color:#6b7280}
 .good{color:#1a7f37}.bad{color:#c62828}
 .verdict{margin:.8em 0 0;font-size:1.05em}
 table{border-collapse:collapse;width:100%;font-size:.92em}
-th,td{text-align:left;padding:.35em .55em;border-bottom:1px solid #e5e7eb;white-space:nowrap}
+th,td{text-align:left;padding:.35em .55em;border-bottom:1px solid #e5e7eb}td.num{white-space:nowrap}
 th{color:#6b7280;font-weight:600;background:#f1f5f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar{display:inline-block;width:6em;height:.55em;background:#eef2f7;border-radius:4px;
 vertical-align:middle;margin-left:.4em;overflow:hidden}.bar span{display:block;height:100%;background:#1a7f37}
@@ -313,7 +313,7 @@ def _summary_card(summary: dict[str, Any]) -> str:
                           "good" if better else "bad"))
     if eps:
         note = f"of {budget:g} per node (δ = 1e-5)" if budget else "(δ = 1e-5)"
-        parts.append(_kpi("ε spent (max node)", f"{max(eps):.2f}", note,
+        parts.append(_kpi("ε spent (max node)", f"{max(eps):.3f}", note,
                           "bad" if budget and max(eps) > budget else ""))
     parts.append(_kpi("bytes per update", f"{size / 1024:.1f} KiB" if size else "–",
                       "mean of the last round (int8, zstd, signed)"))
@@ -367,6 +367,7 @@ def write_report(path: Path, state: DemoState, summary: dict[str, Any],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     imgs: list[tuple[str, str]] = []
     versions = sorted(state.mae)
@@ -375,6 +376,7 @@ def write_report(path: Path, state: DemoState, summary: dict[str, Any],
         ax.plot(versions, [state.mae[v] for v in versions], marker="o", label="global model")
         ax.axhline(summary["seasonal_naive_mae"], color="grey", ls="--", label="seasonal naive")
         ax.set_xlabel("global model version")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("2025 test MAE (people/hour)")
         ax.legend()
         imgs.append(("Test MAE per round", _png(fig)))
@@ -389,6 +391,7 @@ def write_report(path: Path, state: DemoState, summary: dict[str, Any],
             ax.axhline(summary["epsilon_budget"], color="#c62828", ls="--", label="budget")
             ax.legend()
         ax.set_xlabel("global model version")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("ε spent (δ=1e-5)")
         ax.set_title("ε per node")
         imgs.append(("Privacy spend per node", _png(fig)))

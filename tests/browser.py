@@ -56,6 +56,13 @@ class Browser:
     def js(self, script: str) -> Any:
         return self.driver.execute_script(script)
 
+    def displayed(self, css: str) -> bool:
+        """Whether the element is visible to a person (WebDriver's own rule: collapsed
+        ``<details>`` content, ``display: none`` … are not)."""
+        from selenium.webdriver.common.by import By
+
+        return bool(self.driver.find_element(By.CSS_SELECTOR, css).is_displayed())
+
     def wait_for(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
         """Poll ``check()`` every 0.2 s until it returns something truthy."""
         deadline = time.monotonic() + timeout

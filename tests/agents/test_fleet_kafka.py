@@ -293,6 +293,9 @@ def test_a_forged_control_message_changes_nothing_and_is_reported(fleet) -> None
     _, pub = federation.aggregator_keys(fleet.root)
     current = read_control(s, task="pedestrian-forecast", public_key=pub)
     assert current is not None and current.stable_version == 1
+    status = json.loads(fleet.cli("model", "status"))
+    assert (status["seq"], status["action"], status["stable_version"]) == (current.seq,
+                                                                            "rollback", 1)
     dlq_before = len(_dlq(s))
     forged = promote(current, task="pedestrian-forecast", version=2, nodes=fleet.nodes,
                      target=["all"], issued_at=time.time(), issuer="mallory")
@@ -314,6 +317,7 @@ def test_a_forged_control_message_changes_nothing_and_is_reported(fleet) -> None
                   reason="bad_signature") == 1
     time.sleep(4)  # two heartbeats later, nobody moved
     assert fleet.served() == {n: ("alive", 1) for n in fleet.nodes}
+    assert json.loads(fleet.cli("model", "status"))["seq"] == current.seq
 
 
 def test_a_model_that_fails_the_edge_checks_is_never_served(fleet) -> None:

@@ -103,6 +103,8 @@ def test_grafana_is_provisioned_with_the_datasource_and_dashboard(compose: dict)
     dash_dir = mounts[provider["options"]["path"]]
     dashboards = sorted(dash_dir.glob("*.json"))
     assert [p.name for p in dashboards] == ["edgeveil.json"]
+    assert graf["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert graf["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{provider['options']['path']}/edgeveil.json"
     dash = json.loads(dashboards[0].read_text())
