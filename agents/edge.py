@@ -96,6 +96,7 @@ class _Edge:
     """The nodes of this worker and the models they serve (pipeline objects only)."""
 
     def __init__(self) -> None:
+        import psutil
         import torch
 
         from pipeline.dp.calibrate import noise_multiplier_for_budget
@@ -138,12 +139,13 @@ class _Edge:
             self.nodes[node_id] = node
         self.models = self._edge_models()
         self.lock = asyncio.Lock()  # one of on_model / on_control changes self.models at a time
-        self.version = self.models.latest if self.models.latest is not None else -1
+        # the newest version this worker trained from (or was offered) since it started: a
+        # model redelivered after a crash is trained on again (self.published skips the nodes
+        # that already published that round)
+        self.version = -1
         self.exhausted: set[str] = set()
         self.published = self._load_published()
         self.epsilon = {n: float(node.ledger.epsilon()) for n, node in self.nodes.items()}
-        import psutil
-
         self.proc = psutil.Process()
         self.proc.cpu_percent(None)  # starts the CPU measurement the heartbeats report
         self.camera: Any = None
