@@ -16,8 +16,9 @@ table                  holds                                                    
 =====================  ============================================================  ==========
 
 Writes the aggregator makes on its hot path (update outcomes, counters) are buffered in memory
-and flushed once a second (:meth:`Fleet.flush`), so admission costs no extra changelog write
-per update; pages and metrics read the tables plus what is not flushed yet.
+and flushed every :data:`FLUSH_S` seconds (:meth:`Fleet.flush`: at most one write per node and
+one per counter family), so admission costs no extra changelog write per update; pages and
+metrics read the tables plus what is not flushed yet.
 
 The page itself is one static file (``agents/web/fleet.html``: inline CSS, a small script that
 polls ``/fleet.json`` every second, an SVG chart; nothing from the internet).
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).resolve().parent / "web" / "fleet.html"
 #: how many recent DLQ entries and rejected control messages the page lists
 RECENT = 10
+#: seconds between writes of the buffered update outcomes and counters to their tables
+FLUSH_S = 2.0
 
 
 class Fleet:
@@ -95,7 +98,7 @@ class Fleet:
         app.agent(raw(TELEMETRY), name="fleet-telemetry")(self._on_telemetry)
         app.agent(raw(DLQ), name="fleet-dlq")(self._on_dlq)
         app.agent(raw(CONTROL), name="fleet-control")(self._on_control)
-        app.timer(interval=1.0, name="fleet-flush")(self._flush_timer)
+        app.timer(interval=FLUSH_S, name="fleet-flush")(self._flush_timer)
         app.on_worker_init.connect(self._on_worker_init)
         app.on_before_shutdown.connect(self._on_shutdown)
 
@@ -141,7 +144,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ recording
     def count(self, family: str, label: str, n: int = 1) -> None:
-        """Add ``n`` to a counter (flushed to ``fleet-counters`` within a second)."""
+        """Add ``n`` to a counter (flushed to ``fleet-counters`` within :data:`FLUSH_S`)."""
         self._counts.setdefault(family, Counter())[label] += n
 
     def record_update(self, node_id: str, *, round_: int | None, base_version: int | None,
