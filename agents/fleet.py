@@ -99,8 +99,8 @@ class Fleet:
         app.agent(raw(DLQ), name="fleet-dlq")(self._on_dlq)
         app.agent(raw(CONTROL), name="fleet-control")(self._on_control)
         app.timer(interval=FLUSH_S, name="fleet-flush")(self._flush_timer)
-        app.on_worker_init.connect(self._on_worker_init)
-        app.on_before_shutdown.connect(self._on_shutdown)
+        app.on_worker_init.connect(self._on_worker_init)  # type: ignore[arg-type]
+        app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
 
         # faust calls a page handler as handler(view, request): plain functions, not methods
         async def fleet_page(view: Any, request: Any) -> Any:
@@ -138,7 +138,7 @@ class Fleet:
             await producer.partitions_for(t.changelog_topic.get_topic_name())
 
     def _ready(self) -> bool:
-        recovery = self.app.tables.recovery
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         return bool(recovery.completed.is_set() and not self.app.in_recovery
                     and self.app.consumer.assignment())
 

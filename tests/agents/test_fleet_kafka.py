@@ -402,7 +402,7 @@ def test_killing_an_edge_worker_turns_its_rows_stale(fleet, browser, artifacts) 
     browser.wait_for(lambda: statuses()[c] == "stale", STALE_S + 5, "node 3 stale again")
 
 
-def test_a_restarted_aggregator_shows_the_same_page(fleet) -> None:
+def test_a_restarted_aggregator_shows_the_same_page(fleet, artifacts) -> None:
     def stable(doc: dict[str, Any]) -> dict[str, Any]:
         h = doc["header"]
         rows = {r["node_id"]: (r["model_version"], r["epsilon"], r["role"], r["last_update"])
@@ -426,4 +426,5 @@ def test_a_restarted_aggregator_shows_the_same_page(fleet) -> None:
     fleet.timings["restart_page_s"] = time.monotonic() - t0
     assert stable(doc) == before
     assert doc["rows"][0]["status"] == "alive"  # node 1's worker kept beating
-    print("fleet timings:", json.dumps({k: round(v, 2) for k, v in fleet.timings.items()}))
+    (artifacts / "fleet-timings.json").write_text(
+        json.dumps({k: round(v, 2) for k, v in fleet.timings.items()}, indent=2))
