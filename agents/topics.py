@@ -41,7 +41,13 @@ DLQ = TopicSpec("edgeveil.dlq", 1, {"retention.ms": str(30 * _DAY_MS)})
 #: optional, rate-limited anonymized JPEG previews (never raw frames)
 FRAMES_ANONYMIZED = TopicSpec("edgeveil.frames.anonymized", 1, {"retention.ms": str(3600 * 1000)})
 
-FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED)
+#: signed staged-rollout commands (``edgeveil model promote|rollback``); key = task; compacted: each
+#: message carries the task's whole rollout state, so the newest one is all an edge needs
+CONTROL = TopicSpec("edgeveil.control", 1, {
+    "cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000),
+})
+
+FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED, CONTROL)
 
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] | list[TopicSpec]) -> list[str]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # EdgeVeil set-up: idempotent, quick when already done, and says what it does.
-#   - Debian packages: Java 17, Maven, and the offline media/data sets (opencv-doc, opencv-data,
-#     dataset-fashion-mnist)
+#   - Debian packages: Java 17, Maven, the offline media/data sets (opencv-doc, opencv-data,
+#     dataset-fashion-mnist), and chromium + chromium-driver for the page tests (fleet page, report)
 #   - a Python venv OUTSIDE the clone ($EDGEVEIL_CACHE/venv), installed from constraints.txt
 #     (PyTorch is large: it is installed once per cache, never per clone)
 #   - Apache Kafka jars from Maven Central into $EDGEVEIL_CACHE/kafka-<version>/libs
@@ -21,7 +21,7 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 mkdir -p "$CACHE"
 
 # ---------------------------------------------------------------- Debian packages
-APT_PKGS=(opencv-doc opencv-data dataset-fashion-mnist maven)
+APT_PKGS=(opencv-doc opencv-data dataset-fashion-mnist maven chromium chromium-driver)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
         camera: bool = typer.Option(True, help="Give one node a live camera on vtest.avi."),
         out: Path = typer.Option(Path("out"), help="Where report.html, summary and logs go."),
         echo: bool = typer.Option(False, "--echo", help="Only the broker + faust round-trip check."),
+        web_port: int = typer.Option(6066, help="Port of the aggregator's fleet page (another "
+                                                "free one if taken)."),
     ) -> None:
         """Run the whole system: local Kafka, aggregator and edge workers, rounds, report."""
         from agents.demo import default_camera, run_demo
@@ -98,7 +100,8 @@ def register(app: typer.Typer) -> None:
             else:
                 summary = run_demo(out_dir=out, rounds=rounds, nodes=nodes, epsilon=epsilon,
                                    edge_workers=edge_workers,
-                                   camera=default_camera() if camera else None)
+                                   camera=default_camera() if camera else None,
+                                   web_port=web_port)
                 ok = summary["completed_rounds"] == rounds
         except KeyboardInterrupt:
             typer.echo("interrupted; broker and workers stopped")

@@ -9,8 +9,10 @@ from pathlib import Path
 import typer
 
 
-def _exec_worker(app_module: str, env: dict[str, str], log_level: str) -> None:
-    """Create the topics with their configs, then become a `faust worker` process."""
+def _exec_worker(app_module: str, env: dict[str, str], log_level: str, *,
+                 web: bool = False) -> None:
+    """Create the topics with their configs, then become a `faust worker` process (with faust's
+    web server when ``web``: the aggregator's fleet page and /metrics)."""
     from agents.settings import load_settings
     from agents.topics import FEDERATION_TOPICS, ensure_topics
 
@@ -24,8 +26,12 @@ def _exec_worker(app_module: str, env: dict[str, str], log_level: str) -> None:
         raise typer.Exit(2) from exc
     if created:
         typer.echo(f"created topics: {', '.join(created)}")
+    if web:
+        s = load_settings()
+        typer.echo(f"fleet page: http://{s.web_bind}:{s.web_port}/fleet "
+                   "(also /fleet.json, /metrics)")
     os.execv(sys.executable, [sys.executable, "-m", "faust", "-A", app_module, "worker",
-                              "-l", log_level, "--without-web"])
+                              "-l", log_level, *([] if web else ["--without-web"])])
 
 
 def _check_run_dir(run_dir: Path) -> Path:
@@ -89,9 +95,13 @@ def register(app: typer.Typer) -> None:
                                      help="Federation run directory."),
         log_level: str = typer.Option("info"),
     ) -> None:
-        """Run the aggregator as a faust worker (verify, aggregate, publish global models)."""
+        """Run the aggregator as a faust worker (verify, aggregate, publish global models).
+
+        It also serves the fleet page on EDGEVEIL_WEB_BIND:EDGEVEIL_WEB_PORT (127.0.0.1:6066):
+        /fleet, /fleet.json and Prometheus /metrics.
+        """
         root = _check_run_dir(run_dir)
-        _exec_worker("agents.aggregator", {"EDGEVEIL_RUN_DIR": str(root)}, log_level)
+        _exec_worker("agents.aggregator", {"EDGEVEIL_RUN_DIR": str(root)}, log_level, web=True)
 
     @app.command()
     def edge(

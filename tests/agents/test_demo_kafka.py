@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, kafka_broker: str) -> tuple[Path, dict, str, bool]:
+    from rich.console import Console
+
     from tests.kafka_helpers import delete_federation_topics
 
     delete_federation_topics(kafka_broker)
@@ -26,13 +28,15 @@ def demo_run(tmp_path_factory, kafka_broker: str) -> tuple[Path, dict, str, bool
         from agents.demo import default_camera
 
         camera = default_camera()
+    console = Console(record=True, width=160)
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGEVEIL_PREVIEW_EVERY_S", "2")  # several previews in a short run, to audit
     try:
         summary = run_demo(out_dir=out, rounds=2, nodes=3, edge_workers=1, camera=camera,
-                           bootstrap_servers=kafka_broker, timeout_s=300)
+                           bootstrap_servers=kafka_broker, timeout_s=300, console=console)
     finally:
         mp.undo()
+    (out / "console.txt").write_text(console.export_text())
     return out, summary, kafka_broker, camera is not None
 
 
@@ -49,6 +53,34 @@ def test_demo_completes_rounds_and_writes_the_report(demo_run) -> None:
         assert summary["anonymized_previews"] >= 1
         assert "Anonymized camera previews" in html
         assert list((out / "run" / "series").glob("*.csv"))
+
+
+def test_demo_prints_the_fleet_page_url(demo_run) -> None:
+    out, summary, _, _ = demo_run
+    url = summary["fleet_url"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/fleet")
+    assert f"fleet page: {url}" in (out / "console.txt").read_text()
+
+
+def test_report_reads_at_a_glance_in_a_browser(demo_run, browser, artifacts) -> None:
+    out, summary, _, _ = demo_run
+    browser.get((out / "report.html").resolve().as_uri())
+    # the summary card is the first thing on screen, right under the title
+    assert browser.js("return document.querySelector('#summary').getBoundingClientRect().top") < 200
+    card = browser.js("return document.querySelector('#summary').innerText")
+    assert "2 / 2" in card  # rounds
+    assert f"seasonal-naive {summary['seasonal_naive_mae']:.1f}" in card
+    assert f"of {summary['epsilon_budget']:g} per node" in card
+    assert "KiB" in card and "nothing rejected" in card
+    rows = browser.js("return Array.from(document.querySelectorAll('#nodes tbody tr'))"
+                      ".map(tr => tr.cells[0].innerText)")
+    assert sorted(rows) == sorted(summary["epsilon_by_node"])
+    assert browser.js("return document.querySelectorAll('img.plot').length") >= 3
+    # the raw JSON is there, collapsed: not visible until opened
+    assert browser.js("return document.querySelector('#raw').open") is False
+    assert not browser.displayed("#raw pre")
+    assert browser.displayed("#summary") and browser.displayed("#nodes table")
+    browser.screenshot(artifacts / "demo-report.png", full_page=True)
 
 
 def test_egress_audit_no_topic_carries_raw_pixels(demo_run) -> None:

@@ -58,7 +58,7 @@ def test_broker_limits_match_the_settings(compose: dict) -> None:
     assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_MESSAGE_BYTES
     assert int(env["KAFKA_REPLICA_FETCH_MAX_BYTES"]) == MAX_MESSAGE_BYTES
     for name, svc in compose["services"].items():
-        if name != "kafka":
+        if name != "kafka" and "build" in svc:  # the EdgeVeil workers (not Prometheus, Grafana)
             assert int(svc["environment"]["EDGEVEIL_MAX_MESSAGE_BYTES"]) == MAX_MESSAGE_BYTES
 
 
