@@ -13,12 +13,20 @@ Sub-commands (sheets go to ``--out``, default ``/tmp/sheets``; keep them out of 
 ``crops``       a montage for one frame: for every person a 4x crop of the person box with a
                 10 px grid, and a 10x crop around the head box with a 1 px grid (labels every
                 5 px), so head boxes can be read to a pixel or two.
+``heads``       only the 10x head crops of one frame, five to a row (one compact sheet).
 ``import-txt``  merge per-frame work files (``NNN.txt``) into the JSON (see ``parse_txt``).
 ``export-txt``  the inverse: write the JSON's frames as work files for editing.
 
 Boxes are ``[x1, y1, x2, y2]`` in full-resolution pixels with x2/y2 exclusive; the drawn edges lie
 on pixel boundaries (a box covers the pixels x1..x2-1), so on the zoomed crops the box encloses
 exactly the pixels it claims.
+
+How vtest_people.json was made with it: per frame a 2x ``overview`` of the whole frame to find
+everybody, ``overview --region ... --scale 3..6`` of the parts with people to read the person-box
+edges, and the ``heads`` sheet to read the head boxes to a pixel or two; edit the work file
+(``/tmp/sheets/work/NNN.txt``, see ``parse_txt``), re-render, look again; finally ``import-txt``.
+(The ``crops`` montage is downscaled by the image viewer when many people are in a frame, which
+made it easy to misread; the region overviews were used instead.)
 
 Run: ``PYTHONPATH=. python scripts/annotation_sheets.py overview --frame 27``
 """
@@ -241,6 +249,30 @@ def crops(img, anns, *, max_width: int = 1400) -> np.ndarray:
     return np.vstack([np.pad(r, ((0, 0), (0, wmax - r.shape[1]), (0, 0))) for r in out_rows])
 
 
+def heads(img, anns, *, per_row: int = 5) -> np.ndarray:
+    """10x crops (26 px windows, 1 px grid) around every head box, in a grid of ``per_row``."""
+    tiles = []
+    for i, a in enumerate(anns):
+        box = a["head"]
+        if box is None:  # show where the head would be: the top of the person box
+            x1, y1, x2, _ = a["person"]
+            cx, cy = (x1 + x2) // 2, y1 + 6
+        else:
+            cx, cy = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
+        hz = zoom(img, cx - 13, cy - 13, 26, 26, 10, nearest=True, minor=1, major=5, label_every=5)
+        draw_box(hz, a["person"], cx - 13, cy - 13, 10, PERSON)
+        if box is not None:
+            draw_box(hz, box, cx - 13, cy - 13, 10, HEAD)
+        _label(hz, f"#{i}", (200, 250), (255, 255, 255), 0.7)
+        tiles.append(np.pad(hz, ((0, 6), (0, 6), (0, 0))))
+    if not tiles:
+        return np.zeros((40, 200, 3), np.uint8)
+    while len(tiles) % per_row:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i : i + per_row]) for i in range(0, len(tiles), per_row)]
+    return np.vstack(rows)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -248,7 +280,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("command", choices=["frames", "overview", "crops", "import-txt", "export-txt"])
+    ap.add_argument(
+        "command", choices=["frames", "overview", "crops", "heads", "import-txt", "export-txt"]
+    )
     ap.add_argument("--frame", type=int, nargs="*", default=None)
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--txt", type=Path, default=None, help="read boxes from this work file instead")
@@ -302,6 +336,8 @@ def main() -> None:
             cv2.imwrite(
                 str(args.out / f"ov_{f:03d}{tag}.png"), overview(img, anns, region, args.scale)
             )
+        elif args.command == "heads":
+            cv2.imwrite(str(args.out / f"hd_{f:03d}.png"), heads(img, anns))
         else:
             cv2.imwrite(str(args.out / f"cr_{f:03d}.png"), crops(img, anns))
 
