@@ -102,14 +102,14 @@ def build_cases(frames: Sequence[Image], annotations: PeopleAnnotations, *, fps:
     n = len(frames)
     cases: list[StressCase] = []
 
-    normal_end = n if not small else min(n, annotated[min(1, len(annotated) - 1)] + 1)
+    normal_end = n if not small else min(n, annotated[min(5, len(annotated) - 1)] + 1)
     cases.append(StressCase("normal", "the video in order from its first frame", [
         Clip("normal", frames[:normal_end], fps,
              {i: i for i in annotated if i < normal_end})]))
 
     mid = [a for a in annotated if a >= 1]
     warm = []
-    for j, a in enumerate(_spread(mid, 2 if small else 12)):
+    for j, a in enumerate(_spread(mid, 4 if small else 12)):
         d = min(_WARMUP_OFFSETS[j % len(_WARMUP_OFFSETS)], a - 1) if not small else 0
         start = a - d
         clip_frames = frames[start:start + 30] if not small else frames[start:start + 3]
@@ -131,14 +131,14 @@ def build_cases(frames: Sequence[Image], annotations: PeopleAnnotations, *, fps:
 
     cold_len = int(round((cold_seconds if not small else 2.0) * fps))
     cold = []
-    for a in _spread(annotated, 1 if small else 4):
+    for a in _spread(annotated, 2 if small else 4):
         at = [0, 1, 2, 5, 10, 20, 40, cold_len - 1]
         cold.append(Clip(f"cold-{a}", [frames[a]] * cold_len, fps,
                          {t: a for t in sorted({t for t in at if t < cold_len})}))
     cases.append(StressCase("cold", f"one frame repeated for {cold_len / fps:.0f} s from the "
                             "first frame on", cold))
 
-    photo_frames = _spread(annotated, 3 if small else len(annotated))
+    photo_frames = _spread(annotated, 6 if small else len(annotated))
     cases.append(StressCase("photos", "each annotated frame as a single image", [
         Clip("photos", [frames[a] for a in photo_frames], fps,
              {i: a for i, a in enumerate(photo_frames)}, still=True)]))
