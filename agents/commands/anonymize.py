@@ -36,8 +36,9 @@ def register(app: typer.Typer) -> None:
                                                   help="ONNX Runtime execution provider "
                                                   "(repeatable); default CPU."),
         threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
-        int8: bool = typer.Option(False, "--int8", help="Use the int8-quantized person "
-                                  "detector (faster on small CPUs; see docs/vision.md)."),
+        int8: bool | None = typer.Option(None, "--int8/--fp32", help="Person detector "
+                                         "precision; default int8 on video (about 2x faster, "
+                                         "same people found: docs/vision.md), fp32 on images."),
         key_every: int = typer.Option(DEFAULT_MAX_AGE, "--key-every", min=1,
                                       help="Video: run the appearance person detector at least "
                                       "every N frames (first frame always); a frame it has not "

@@ -23,7 +23,7 @@ from pipeline.vision.exceptions import DetectorError, DetectorTimeoutError
 from pipeline.vision.frames import Frame
 from pipeline.vision.gate import ReleaseGate, default_gate
 
-__all__ = ["OnFailure", "FailClosedAnonymizer", "FailClosedStats"]
+__all__ = ["OnFailure", "FailClosedAnonymizer", "FailClosedStats", "Decision"]
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,14 @@ class FailClosedAnonymizer:
 
     def fail(self, frame: Frame, reason: str) -> Frame | None:
         """The fail-closed output for ``frame`` (hidden frame or ``None``), counted."""
+        return self.release(self._failed(frame, reason))
+
+    def _failed(self, frame: Frame, reason: str) -> Decision:
         self.stats.fail_closed += 1
         log.warning("frame %d fails closed: %s", frame.seq, reason)
         if self.on_failure is OnFailure.DROP:
             self.stats.dropped += 1
-            return None
-        return anonymize_full(frame, self.failure_mode, fail_closed=True, fail_reason=reason)
+        return Decision(frame, None, reason)
 
     def skip(self, frame: Frame, reason: str = "skipped") -> Frame | None:
         """Release a frame that was not sent through detection (counted as skipped)."""
@@ -155,8 +157,13 @@ class FailClosedAnonymizer:
         self.stats.skipped += 1
         return self.fail(frame, reason)
 
-    def __call__(self, frame: Frame) -> Frame | None:
-        """Anonymized ``frame``, or its fail-closed replacement."""
+    def decide(self, frame: Frame) -> Decision:
+        """Detect and check the gate: what :meth:`release` will make of ``frame``.
+
+        Split from :meth:`release` so that a pipeline can hide and encode frame ``i`` in one
+        thread while it detects in frame ``i + 1`` in another. A :class:`Decision` holds the raw
+        frame: it never leaves the process; only :meth:`release`'s output may.
+        """
         self.stats.frames += 1
         try:
             dets = self._detect(frame)
@@ -167,14 +174,55 @@ class FailClosedAnonymizer:
                 reason = self.gate.check(dets)
                 if reason is not None:
                     self.stats.unvouched += 1
-                    return self.fail(frame, f"unvouched: {reason}")
-            return _mark_ok(anonymize(frame, dets, self.policy), dets)
+                    return self._failed(frame, f"unvouched: {reason}")
+            return Decision(frame, dets, None)
         except DetectorTimeoutError as exc:
             self.stats.timeouts += 1
-            return self.fail(frame, str(exc))
-        except Exception as exc:  # any detector or anonymizer error fails closed
+            return self._failed(frame, str(exc))
+        except Exception as exc:  # any detector error fails closed
             self.stats.errors += 1
-            return self.fail(frame, f"{type(exc).__name__}: {exc}")
+            return self._failed(frame, f"{type(exc).__name__}: {exc}")
+
+    def release(self, decision: Decision) -> Frame | None:
+        """The frame that may leave: anonymized, fully hidden, or ``None`` (dropped)."""
+        frame = decision.frame
+        if decision.detections is not None:
+            try:
+                return _mark_ok(anonymize(frame, decision.detections, self.policy),
+                                decision.detections)
+            except Exception as exc:  # an anonymizer error fails closed too
+                self.stats.errors += 1
+                decision = self._failed(frame, f"{type(exc).__name__}: {exc}")
+        if self.on_failure is OnFailure.DROP:
+            return None
+        return anonymize_full(frame, self.failure_mode, fail_closed=True,
+                              fail_reason=decision.reason)
+
+    def __call__(self, frame: Frame) -> Frame | None:
+        """Anonymized ``frame``, or its fail-closed replacement."""
+        return self.release(self.decide(frame))
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """The outcome of :meth:`FailClosedAnonymizer.decide` for one frame.
+
+    ``detections`` is ``None`` when the frame fails closed (``reason`` says why). ``frame`` is
+    the raw input: a decision stays inside the process.
+    """
+
+    frame: Frame
+    detections: Detections | None
+    reason: str | None
+
+    @property
+    def failed(self) -> bool:
+        """True when the frame fails closed."""
+        return self.detections is None
+
+    def counts(self) -> dict[str, int]:
+        """Boxes per class name (empty for a failed frame)."""
+        return {} if self.detections is None else self.detections.count_by_class()
 
 
 def _mark_ok(frame: Frame, dets: Detections) -> Frame:

@@ -1,8 +1,10 @@
 """Run a source through detection, fail-closed anonymization and a sink; summarize the run.
 
-:func:`run` overlaps decoding, detection+anonymization and encoding in three threads (OpenCV's
-decode/encode release the GIL) connected by small blocking queues, so nothing is dropped for
-files and order is kept: frame ``i`` out is frame ``i`` in.
+:func:`run` overlaps decoding, detection and hiding+encoding in three threads (OpenCV and ONNX
+Runtime release the GIL) connected by small blocking queues, so nothing is dropped for files and
+order is kept: frame ``i`` out is frame ``i`` in. The detecting thread decides each frame
+(:meth:`~pipeline.vision.failclosed.FailClosedAnonymizer.decide`); the writing thread hides it
+(:meth:`~pipeline.vision.failclosed.FailClosedAnonymizer.release`) and hands it to the sink.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pipeline.vision.detectors.ensemble import Background, EnsembleDetector, Eve
 from pipeline.vision.detectors.people import MotionPeopleDetector
 from pipeline.vision.detectors.text import TextDetector
 from pipeline.vision.exceptions import SourceError
-from pipeline.vision.failclosed import FailClosedAnonymizer
+from pipeline.vision.failclosed import Decision, FailClosedAnonymizer, OnFailure
 from pipeline.vision.frames import Frame
 from pipeline.vision.gate import DEFAULT_MAX_AGE, TEXT_MAX_AGE
 from pipeline.vision.sinks import FrameSink
@@ -37,11 +39,12 @@ _END = object()
 
 def default_detector(classes: Iterable[ObjectClass] | None = None, *,
                      providers: Sequence[str] | None = ("CPUExecutionProvider",),
-                     threads: int | None = None, face_every: int = 15,
+                     threads: int | None = None, face_every: int = 30,
                      text_every: int = 10, still_image: bool = False,
                      background: bool = True, key_every: int = DEFAULT_MAX_AGE,
                      text_max_age: int = TEXT_MAX_AGE, motion: bool = True,
-                     int8: bool = False) -> EnsembleDetector:
+                     int8: bool | None = None, motion_hold: int = 8,
+                     motion_every: int = 1) -> EnsembleDetector:
     """The detector EdgeVeil uses for ``classes`` (all by default).
 
     PERSON/HEAD: on streams, :class:`~pipeline.vision.detectors.tracking.PeopleTracker` --
@@ -53,7 +56,12 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     asked for, CenterFace alone vouches for faces, so it never runs more than ``key_every``
     frames behind. TEXT: PP-OCR det likewise (background, never more than ``text_max_age`` frames
     behind, else every ``text_every`` frames). For ``still_image`` every detector runs on every
-    image at full resolution. ``int8`` uses the int8 NanoDet (:mod:`pipeline.vision.quantize`).
+    image at full resolution. ``int8`` picks the int8 NanoDet (:mod:`pipeline.vision.quantize`;
+    it found the same people in ``bench/privacy.py`` at ~2x the speed); ``None`` uses it on
+    streams and the float model on still images. The motion model updates on every
+    ``motion_every``-th frame (its tracks coast in between) and holds a track ``motion_hold``
+    frames after its blob vanishes: appearance tracks keep people who stop; motion is for movers
+    between key frames and for raising doubt.
     NanoDet runs with one intra-op thread on streams unless ``threads`` says otherwise (decoding,
     motion and encoding keep the other core busy). Pair it with :func:`~pipeline.vision.gate.default_gate` for the
     same ``classes`` (what :class:`~pipeline.vision.failclosed.FailClosedAnonymizer` does by default).
@@ -71,13 +79,15 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     parts: list[Detector | Every | Background] = []
     people = bool(cls & {ObjectClass.PERSON, ObjectClass.HEAD})
     if people:
-        nano = NanoDetPersonDetector(providers=providers, int8=int8,
+        nano = NanoDetPersonDetector(providers=providers,
+                                     int8=(not still_image) if int8 is None else int8,
                                      threads=threads if threads is not None or still_image else 1)
         if still_image:
             parts.append(nano)
         else:
-            parts.append(PeopleTracker(nano, motion=MotionPeopleDetector() if motion else None,
-                                       key_every=key_every))
+            moving = MotionPeopleDetector(hold_frames=motion_hold) if motion else None
+            parts.append(PeopleTracker(nano, motion=moving, key_every=key_every,
+                                       motion_every=motion_every))
     if ObjectClass.FACE in cls:
         face = CenterFaceDetector(providers=providers,
                                   threads=threads if threads is not None or still_image else 1,
@@ -163,9 +173,10 @@ def run(source: Iterable[Frame], processor: FailClosedAnonymizer, sink: FrameSin
     interval_s
         Length of the analytics intervals.
     on_frame
-        Called after each frame (e.g. to advance a progress bar).
+        Called with each released frame (``None`` if dropped) once the sink has it, e.g. to
+        advance a progress bar; from the writing thread when ``threaded``.
     threaded
-        Decode and encode in helper threads.
+        Decode, and hide + encode, in helper threads.
 
     Raises
     ------
@@ -180,17 +191,25 @@ def run(source: Iterable[Frame], processor: FailClosedAnonymizer, sink: FrameSin
     out_q: queue.Queue[Any] = queue.Queue(maxsize=8)
     writer_error: list[BaseException] = []
 
+    def _emit(decision: Decision) -> None:
+        out = processor.release(decision)  # hide (pure), then encode
+        if out is not None:
+            sink.add(out)
+        if on_frame is not None:
+            on_frame(out)
+
     def _write() -> None:
         while True:
             item = out_q.get()
             if item is _END:
                 return
+            if writer_error:
+                continue  # keep draining so the detecting thread never blocks on a full queue
             try:
-                sink.add(item)
+                _emit(item)
             except BaseException as exc:  # surfaced after the loop
                 writer_error.append(exc)
                 stop.set()
-                return
 
     if threaded:
         in_q: queue.Queue[Any] = queue.Queue(maxsize=8)
@@ -216,22 +235,19 @@ def run(source: Iterable[Frame], processor: FailClosedAnonymizer, sink: FrameSin
             if stop.is_set():
                 break
             summary.frames_in += 1
-            out = processor(frame)
-            if out is not None:
-                if threaded:
-                    out_q.put(out)
-                else:
-                    sink.add(out)
+            decision = processor.decide(frame)
+            if threaded:
+                out_q.put(decision)
+            else:
+                _emit(decision)
+            if not (decision.failed and processor.on_failure is OnFailure.DROP):
                 summary.frames_out += 1
-            failed = out is None or bool(out.metadata.get("fail_closed"))
-            counts = dict(out.metadata.get("detections", {})) if out is not None else {}
+            counts = decision.counts()
             det_counts.update(counts)
             base = {c.name.lower(): 0 for c in ObjectClass}
             base.update(counts)
-            for _ in rollup.add(FrameCounts(frame.seq, frame.timestamp, base, failed)):
+            for _ in rollup.add(FrameCounts(frame.seq, frame.timestamp, base, decision.failed)):
                 pass
-            if on_frame is not None:
-                on_frame(out)
     except SourceError as exc:
         summary.error = str(exc)
         exc.summary = summary  # type: ignore[attr-defined]

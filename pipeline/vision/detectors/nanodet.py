@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _MEAN = np.array([103.53, 116.28, 123.675], np.float32)
 _STD = np.array([57.375, 57.12, 58.395], np.float32)
+_INV_STD = (1.0 / _STD).reshape(1, 3, 1, 1).astype(np.float32)
 _STRIDES = (8, 16, 32)
 _BINS = 11
 _PERSON = 0
@@ -156,9 +157,12 @@ class NanoDetPersonDetector:
         return np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32) * stride
 
     def _blob(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        x = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        blob = ((x.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)[None]
-        return np.ascontiguousarray(blob)
+        """``1x3x416x416`` float32: resized (bilinear), minus the mean, over the std, BGR."""
+        blob = cv2.dnn.blobFromImage(image, 1.0, (self.size, self.size),
+                                     (float(_MEAN[0]), float(_MEAN[1]), float(_MEAN[2])),
+                                     swapRB=False, crop=False)
+        out: npt.NDArray[np.float32] = np.multiply(blob, _INV_STD, out=blob)
+        return out
 
     def raw_people(self, image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32],
                                                                  npt.NDArray[np.float32]]:

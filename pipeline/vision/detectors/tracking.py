@@ -88,8 +88,14 @@ class PeopleTracker:
         Fraction of its size a tracked box grows on each side per frame since its sighting.
     unsure_min_gap
         Fewest frames between two appearance passes triggered by doubt (not by schedule).
+    unsure_frames
+        Consecutive frames motion must show something unexplained before it counts as doubt
+        (blob fragments flicker for a frame; a person walking in stays).
     unsure_min_area
         Smallest motion box (full-frame pixels) that can raise doubt.
+    motion_every
+        Run the motion model's background update on every n-th frame only; in between its
+        tracks coast on their velocity (appearance tracks cover whoever stands still).
     max_gap_s
         A frame more than this many seconds after the previous one (a low frame rate, a camera
         that reconnected) is always a key frame: tracking across such a gap means nothing. A
@@ -104,10 +110,13 @@ class PeopleTracker:
 
     def __init__(self, appearance: Detector, *, motion: MotionPeopleDetector | None = None,
                  key_every: int = 5, hold_keys: int = 2, grow_per_frame: float = 0.02,
-                 unsure_min_gap: int = 2, unsure_min_area: float = 400.0,
-                 head_fraction: float = 0.25, max_gap_s: float = 1.0) -> None:
-        if key_every < 1:
-            raise ValueError(f"key_every must be >= 1, got {key_every}")
+                 unsure_min_gap: int = 2, unsure_frames: int = 2,
+                 unsure_min_area: float = 400.0,
+                 head_fraction: float = 0.25, max_gap_s: float = 1.0,
+                 motion_every: int = 1) -> None:
+        if key_every < 1 or motion_every < 1:
+            raise ValueError(f"key_every and motion_every must be >= 1, got {key_every}, "
+                             f"{motion_every}")
         if hold_keys < 0 or unsure_min_gap < 1 or grow_per_frame < 0:
             raise ValueError("need hold_keys >= 0, unsure_min_gap >= 1, grow_per_frame >= 0")
         self.appearance = appearance
@@ -116,9 +125,12 @@ class PeopleTracker:
         self.hold_keys = hold_keys
         self.grow_per_frame = grow_per_frame
         self.unsure_min_gap = unsure_min_gap
+        self.unsure_frames = unsure_frames
+        self._doubt = 0
         self.unsure_min_area = unsure_min_area
         self.head_fraction = head_fraction
         self.max_gap_s = max_gap_s
+        self.motion_every = motion_every
         self.name = f"people({appearance.name}" + (f"+{motion.name})" if motion else ")")
         self.stats = TrackerStats()
         self._tracks: list[_Track] = []
@@ -134,6 +146,7 @@ class PeopleTracker:
         self._last_key = -1
         self._vouched = {}
         self._last_ts = None
+        self._doubt = 0
         if self.motion is not None:
             self.motion.reset()
 
@@ -181,8 +194,13 @@ class PeopleTracker:
         self._tracks = kept + new
 
     def _unsure(self, n: int) -> bool:
-        """This frame's motion shows a person-sized region that no appearance track explains."""
-        if self.motion is None or n - self._last_key < self.unsure_min_gap:
+        """Motion has shown a person-sized region no appearance track explains for
+        ``unsure_frames`` frames in a row."""
+        self._doubt = self._doubt + 1 if self._unexplained(n) else 0
+        return self._doubt >= self.unsure_frames and n - self._last_key >= self.unsure_min_gap
+
+    def _unexplained(self, n: int) -> bool:
+        if self.motion is None:
             return False
         m = self.motion.last_blobs  # this frame's blobs, not the motion tracks held from before
         if not len(m):
@@ -216,15 +234,19 @@ class PeopleTracker:
         self._n += 1
         self.stats.frames += 1
         parts: list[Detections] = []
-        motion = Detections.empty()
+        motion_updated = False
         if self.motion is not None:
             t0 = time.perf_counter()
-            motion = self.motion(frame)
+            # skip the background update only on closely spaced frames (>= ~8 fps)
+            motion_updated = (n % self.motion_every == 0
+                              or (gap is not None and gap > 0.12))
+            motion = (self.motion(frame) if motion_updated
+                      else self.motion.detect_image(frame.image, update=False))
             self.stats.motion_seconds += time.perf_counter() - t0
             parts.append(motion)
         scheduled = (self._last_key < 0 or n - self._last_key >= self.key_every
                      or (gap is not None and gap > self.max_gap_s))
-        unsure = not scheduled and self._unsure(n)
+        unsure = motion_updated and self._unsure(n) and not scheduled
         if scheduled or unsure:
             t0 = time.perf_counter()
             seen = self.appearance(frame)
@@ -235,6 +257,7 @@ class PeopleTracker:
             self._update(people.boxes, people.scores, n)
             self._vouched = dict(seen.vouched)
             self._last_key = n
+            self._doubt = 0
         boxes = self._predicted(n)
         if len(boxes):
             w, h = frame.size

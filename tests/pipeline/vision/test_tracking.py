@@ -84,12 +84,22 @@ def test_a_person_missed_once_stays_hidden_for_hold_keys() -> None:
 
 def test_unexplained_motion_triggers_an_early_pass() -> None:
     app = FakeAppearance({-1: []})
-    motion = FakeMotion({2: [[200, 50, 240, 150]]})  # someone walks in on frame 2
+    walker = [[200, 50, 240, 150]]
+    motion = FakeMotion({2: walker, 3: walker, 4: walker})  # someone walks in on frame 2
     tr = PeopleTracker(app, motion=motion, key_every=10, unsure_min_gap=2)  # type: ignore[arg-type]
-    for f in _frames(5):
+    for f in _frames(6):
         tr(f)
-    assert app.calls == [0, 2]
+    assert app.calls == [0, 3]  # doubt from two frames in a row
     assert tr.stats.unsure_key_frames == 1
+
+
+def test_a_one_frame_flicker_raises_no_doubt() -> None:
+    app = FakeAppearance({-1: []})
+    motion = FakeMotion({2: [[200, 50, 240, 150]], 4: [[20, 50, 60, 150]]})
+    tr = PeopleTracker(app, motion=motion, key_every=10)  # type: ignore[arg-type]
+    for f in _frames(6):
+        tr(f)
+    assert app.calls == [0]
 
 
 def test_motion_a_track_explains_raises_no_doubt() -> None:
