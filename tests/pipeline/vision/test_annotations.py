@@ -118,3 +118,28 @@ def test_no_duplicates(data: dict) -> None:
             assert _iou(a["person"], b["person"]) <= 0.9, (key, a, b)
             if a["head"] is not None and b["head"] is not None:
                 assert _iou(a["head"], b["head"]) <= 0.5, (key, a, b)
+
+
+def test_a_second_annotator_finds_the_same_people(data: dict) -> None:
+    """Two people annotating the same 24 frames independently agree: how precise the ground
+    truth is (and a check that the primary set is not missing anyone the second one saw)."""
+    second = json.loads((DATA / "vtest_people_second.json").read_text())
+    assert len(second["frames"]) == 24
+    person_iou, head_dist, unmatched = [], [], []
+    for k, people in second["frames"].items():
+        primary = data["frames"][k]
+        for p in people:
+            best = max(primary, key=lambda q: _iou(p["person"], q["person"]))
+            iou = _iou(p["person"], best["person"])
+            person_iou.append(iou)
+            if iou < 0.3:
+                unmatched.append((k, p["person"]))
+            elif p["head"] and best["head"]:
+                ca = [(p["head"][0] + p["head"][2]) / 2, (p["head"][1] + p["head"][3]) / 2]
+                cb = [(best["head"][0] + best["head"][2]) / 2, (best["head"][1] + best["head"][3]) / 2]
+                head_dist.append(max(abs(ca[0] - cb[0]), abs(ca[1] - cb[1])))
+    person_iou.sort()
+    head_dist.sort()
+    assert len(unmatched) <= 2, unmatched  # slivers at the frame edge
+    assert person_iou[len(person_iou) // 2] >= 0.85
+    assert head_dist[int(0.9 * len(head_dist))] <= 4.0, head_dist[-10:]
