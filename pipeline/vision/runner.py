@@ -50,7 +50,9 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     PERSON/HEAD: on streams, :class:`~pipeline.vision.detectors.tracking.PeopleTracker` --
     NanoDet on the first frame and every ``key_every`` frames (earlier when motion shows
     something unexplained), its people tracked in between, plus the MOG2 motion detector on
-    every frame (``motion=False`` leaves it out); on still images, NanoDet on every image.
+    every frame (``motion=False`` leaves it out); on still images, NanoDet on every image, on the
+    whole image and on 3x3 overlapping tiles (small people: 300 of 306 annotated vtest heads
+    hidden as single photos vs 296 without tiles, at ~0.25 s a 768x576 image).
     FACE: CenterFace at half resolution, in a background thread on the newest frame whenever it
     is idle (``background=True``), else every ``face_every`` frames; when no person classes are
     asked for, CenterFace alone vouches for faces, so it never runs more than ``key_every``
@@ -79,7 +81,7 @@ def default_detector(classes: Iterable[ObjectClass] | None = None, *,
     parts: list[Detector | Every | Background] = []
     people = bool(cls & {ObjectClass.PERSON, ObjectClass.HEAD})
     if people:
-        nano = NanoDetPersonDetector(providers=providers,
+        nano = NanoDetPersonDetector(providers=providers, tiles=3 if still_image else 1,
                                      int8=(not still_image) if int8 is None else int8,
                                      threads=threads if threads is not None or still_image else 1)
         if still_image:
