@@ -43,6 +43,23 @@ FRAMES_ANONYMIZED = TopicSpec("edgeveil.frames.anonymized", 1, {"retention.ms": 
 
 FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED)
 
+#: the aggregator's faust tables (agents/aggregator.py); on a secured cluster the admin creates
+#: their changelog topics, since no worker may create topics
+AGGREGATOR_TABLES = ("aggregator-state", "aggregator-ref-chunks", "aggregator-global")
+
+
+def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
+    """The changelog topics faust app ``app_id``'s aggregator tables write (faust names them
+    ``<app id>-<table>-changelog``; compacted, as many partitions as ``edgeveil.updates``).
+
+    Examples
+    --------
+    >>> [t.name for t in changelog_topics("edgeveil-aggregator")][0]
+    'edgeveil-aggregator-aggregator-state-changelog'
+    """
+    return tuple(TopicSpec(f"{app_id}-{table}-changelog", UPDATES.partitions,
+                           {"cleanup.policy": "compact"}) for table in AGGREGATOR_TABLES)
+
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] | list[TopicSpec]) -> list[str]:
     """Create the topics in ``specs`` that do not exist yet; return the names created.
