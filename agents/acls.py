@@ -27,6 +27,7 @@ included, are created here by the admin with their configs; the workers declare 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +157,19 @@ def apply_acls(settings: Settings, rules: list[AclRule]) -> int:
     failed = result.get("failed", []) if isinstance(result, dict) else []
     if failed:
         raise RuntimeError(f"the broker refused {len(failed)} ACL(s): {failed[:3]}")
+    _await(settings, lambda have: set(new) <= have, "the new ACLs to take effect")
     return len(new)
+
+
+def _await(settings: Settings, done: Any, what: str, *, principal: str | None = None,
+           timeout_s: float = 30.0) -> None:
+    """Wait until the broker's ACLs satisfy ``done`` (ACL changes go through the controller's
+    metadata log and reach the broker's authorizer a moment later)."""
+    deadline = time.monotonic() + timeout_s
+    while not done(set(list_acls(settings, principal))):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
 
 
 def list_acls(settings: Settings, principal: str | None = None) -> list[AclRule]:
@@ -209,6 +222,8 @@ def remove_principal(settings: Settings, principal: str) -> int:
         if error is not None and getattr(error, "errno", 0):
             raise RuntimeError(f"deleting the ACLs of {principal} failed: {error}")
         removed += len(matched)
+    _await(settings, lambda have: not have, f"the ACLs of {principal} to go",
+           principal=principal)
     return removed
 
 

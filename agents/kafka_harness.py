@@ -608,11 +608,13 @@ def _daemon_dir() -> Path:
     return cache_dir() / "run" / "daemon"
 
 
-def daemon_up(*, port: int | None = None, timeout: float = 90.0) -> dict[str, object]:
+def daemon_up(*, port: int | None = None, timeout: float = 90.0,
+              security: BrokerSecurity | None = None) -> dict[str, object]:
     """Start (or find running) the persistent single-node broker used by `edgeveil kafka up`.
 
     The broker keeps running after this process exits; :func:`daemon_down` stops it. Its data stays
-    under ``$EDGEVEIL_CACHE/run/daemon`` across restarts.
+    under ``$EDGEVEIL_CACHE/run/daemon`` across restarts. With ``security`` it is a secured
+    broker (mutual TLS, ACLs); the admin identity is remembered so `status` can probe it.
     """
     status = daemon_status()
     if status.get("running"):
@@ -626,9 +628,10 @@ def daemon_up(*, port: int | None = None, timeout: float = 90.0) -> dict[str, ob
         ports = {"broker": port or 9092, "controller": free_port(), "cluster_id": _cluster_id()}
     if port and ports["broker"] != port:
         ports["broker"] = port
+    ports["security"] = _security_state(security)
     spec = _NodeSpec(1, int(ports["broker"]), int(ports["controller"]), d / "node1")
     node = KafkaNode(spec, voters=f"1@127.0.0.1:{spec.controller_port}", libs=libs,
-                     replication_factor=1, min_insync=1)
+                     replication_factor=1, min_insync=1, security=security)
     if _port_in_use(spec.broker_port):
         raise KafkaHarnessError(
             f"port {spec.broker_port} is in use by another program; pass --port to pick another"
@@ -643,12 +646,32 @@ def daemon_up(*, port: int | None = None, timeout: float = 90.0) -> dict[str, ob
         if not node.running:
             raise KafkaHarnessError(f"broker exited during start:\n{node.tail_log()}")
         try:
-            if metadata_broker_count(node.address) >= 1:
+            if metadata_broker_count(node.address, settings=_daemon_settings(ports)) >= 1:
                 return daemon_status()
+        except IdentityError:
+            node.stop()
+            raise
         except Exception:  # noqa: BLE001
             time.sleep(0.5)
     node.stop()
     raise KafkaHarnessError(f"broker did not answer within {timeout:.0f}s:\n{node.tail_log()}")
+
+
+def _security_state(security: BrokerSecurity | None) -> dict[str, str] | None:
+    """What `kafka status` needs to probe a secured daemon: the admin's files (no secrets)."""
+    if security is None:
+        return None
+    a = security.admin
+    return {"ca": str(a.ca), "cert": str(a.cert), "key": str(a.key)}
+
+
+def _daemon_settings(ports: dict[str, object]) -> Settings | None:
+    sec = ports.get("security")
+    if not isinstance(sec, dict):
+        return None
+    return load_settings(bootstrap_servers=f"127.0.0.1:{ports['broker']}",
+                         security_protocol="SSL", ssl_cafile=sec["ca"], ssl_certfile=sec["cert"],
+                         ssl_keyfile=sec["key"])
 
 
 def _port_in_use(port: int) -> bool:
@@ -684,11 +707,11 @@ def daemon_status() -> dict[str, object]:
     answers = False
     if alive:
         try:
-            answers = metadata_broker_count(address) >= 1
+            answers = metadata_broker_count(address, settings=_daemon_settings(ports)) >= 1
         except Exception:  # noqa: BLE001
             answers = False
     return {"running": alive, "answers": answers, "pid": pid, "bootstrap_servers": address,
-            "data_dir": str(d)}
+            "data_dir": str(d), "secure": bool(ports.get("security"))}
 
 
 def daemon_down(timeout: float = 30.0) -> bool:
