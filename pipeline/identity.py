@@ -459,7 +459,8 @@ def write_pkcs12(path: str | os.PathLike[str], identity: TlsIdentity, *,
     return _write_private(Path(path), data)
 
 
-def client_ssl_context(identity: TlsIdentity | None = None, *, cafile: str | os.PathLike[str],
+def client_ssl_context(identity: TlsIdentity | None = None, *,
+                       cafile: str | os.PathLike[str] | None = None,
                        certfile: str | os.PathLike[str] | None = None,
                        keyfile: str | os.PathLike[str] | None = None,
                        passphrase: bytes | None = None) -> ssl.SSLContext:
@@ -471,6 +472,8 @@ def client_ssl_context(identity: TlsIdentity | None = None, *, cafile: str | os.
     """
     if identity is not None:
         cafile, certfile, keyfile = identity.ca, identity.cert, identity.key
+    if cafile is None:
+        raise ValueError("a TLS client needs the CA file that signed the broker's certificate")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cafile))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if certfile is not None:

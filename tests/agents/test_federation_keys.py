@@ -1,0 +1,62 @@
+"""A run directory's keys and certificates: encrypted at rest, 0600, checked when used."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agents import federation
+from pipeline.codec import public_key_of
+from pipeline.identity import (
+    KeyPassphraseError,
+    KeyPermissionError,
+    certificate_cn,
+    load_certificate,
+)
+
+
+def test_run_dir_with_an_encrypted_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = federation.FederationConfig(nodes=["n1", "n2"])
+    root = federation.init_run_dir(tmp_path / "run", cfg, passphrase=b"pw")
+    for key in [*root.glob("keys/**/*.key"), *root.glob("tls/**/*.key")]:
+        assert key.stat().st_mode & 0o777 == 0o600, key
+        assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes(), key
+    seed = federation.node_key(root, "n1", passphrase=b"pw")
+    assert federation.registry(root).public_key("n1") == public_key_of(seed)
+    with pytest.raises(KeyPassphraseError):
+        federation.node_key(root, "n1")
+    priv, pub = federation.aggregator_keys(root, passphrase=b"pw")
+    assert federation.aggregator_public_key(root) == pub
+    for party in ("n1", federation.AGGREGATOR, federation.READER, federation.ADMIN):
+        assert certificate_cn(load_certificate(federation.tls_identity(root, party).cert)) == (
+            party)
+    assert certificate_cn(load_certificate(federation.tls_identity(root, "broker").cert)) == "admin"
+    # the settings of a worker refuse a group-readable key with the reason
+    from agents.settings import load_settings
+
+    env = federation.client_env(root, "n1")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("EDGEVEIL_KEY_PASSPHRASE", "pw")
+    assert load_settings().ssl_context() is not None
+    Path(env["EDGEVEIL_SSL_KEYFILE"]).chmod(0o644)
+    with pytest.raises(KeyPermissionError):
+        load_settings().kafka_python_security()
+    with pytest.raises(ValueError):
+        federation.init_run_dir(tmp_path / "bad", federation.FederationConfig(nodes=["admin"]))
+    # a second init refuses to overwrite the CA
+    with pytest.raises(FileExistsError):
+        federation.init_run_dir(root, cfg, passphrase=b"pw")
+    assert os.environ["EDGEVEIL_SECURITY_PROTOCOL"] == "SSL"
+
+
+@pytest.mark.parametrize("module", ["agents.acls", "agents.topics"])
+def test_examples(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module),
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
