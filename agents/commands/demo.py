@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
         camera: bool = typer.Option(True, help="Give one node a live camera on vtest.avi."),
         out: Path = typer.Option(Path("out"), help="Where report.html, summary and logs go."),
         echo: bool = typer.Option(False, "--echo", help="Only the broker + faust round-trip check."),
+        secure: bool = typer.Option(False, "--secure", help="A secured broker: mutual TLS, ACLs, "
+                                    "every worker with its own certificate."),
     ) -> None:
         """Run the whole system: local Kafka, aggregator and edge workers, rounds, report."""
         from agents.demo import default_camera, run_demo
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
                 ok = bool(summary["ok"])
             else:
                 summary = run_demo(out_dir=out, rounds=rounds, nodes=nodes, epsilon=epsilon,
-                                   edge_workers=edge_workers,
+                                   edge_workers=edge_workers, secure=secure,
                                    camera=default_camera() if camera else None)
                 ok = summary["completed_rounds"] == rounds
         except KeyboardInterrupt:
