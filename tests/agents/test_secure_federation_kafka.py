@@ -101,6 +101,36 @@ def test_secured_federation_aggregator_and_two_edge_workers_complete_rounds(
     # nothing was refused along the way: no worker met an authorization error
     for out in outputs:
         assert "AuthorizationFailed" not in out and "AuthorizationException" not in out
+    # the notebook reads the models over mTLS as the run's read-only reader
+    text = _run_notebook_loading_cells(root, secure_kafka.bootstrap_servers)
+    assert f"versions: {list(range(rounds + 1))} source: kafka" in text
+
+
+def _run_notebook_loading_cells(root: Path, bootstrap: str) -> str:
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    repo = Path(__file__).resolve().parents[2]
+    nb = nbformat.read(repo / "notebooks" / "analysis.ipynb", as_version=4)
+    last = next(i for i, c in enumerate(nb.cells) if "def models_from_kafka" in c.source)
+    nb.cells = nb.cells[:last + 1]
+    env = {"EDGEVEIL_RUN_DIR": str(root), "EDGEVEIL_BOOTSTRAP_SERVERS": bootstrap,
+           "EDGEVEIL_SECURITY_PROTOCOL": "SSL"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(repo)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
 
 
 def _update(root: Path, node: str, weights: dict, *, rnd: int, base: int) -> bytes:
