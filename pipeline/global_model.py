@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import Mapping
 
@@ -95,7 +96,7 @@ def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX
         specs = _tensor_specs(doc["tensors"])
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise CodecError("bad_header", str(exc)) from None
-    expected = sum(int(np.prod(s["shape"], dtype=np.int64)) for s in specs) * 4
+    expected = sum(math.prod(shape) for _, shape in specs) * 4
     if expected > max_bytes * 64:  # zstd could not have shrunk real float32 weights that much
         raise CodecError("too_large", f"header declares {expected} bytes of tensors")
     try:
@@ -107,18 +108,19 @@ def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX
     onnx = take()
     weights: dict[str, np.ndarray] = {}
     off = 0
-    for s in specs:
-        n = int(np.prod(s["shape"], dtype=np.int64))
-        weights[s["name"]] = np.frombuffer(raw, dtype="<f4", count=n, offset=off).reshape(s["shape"]).copy()
+    for name, shape in specs:
+        n = math.prod(shape)
+        weights[name] = np.frombuffer(raw, dtype="<f4", count=n, offset=off).reshape(shape).copy()
         off += n * 4
     return GlobalModel(header=header, weights=weights, onnx=onnx)
 
 
-def _tensor_specs(specs: object) -> list[dict[str, object]]:
+def _tensor_specs(specs: object) -> list[tuple[str, list[int]]]:
     """The tensor table of a signed header, checked: unique str names, shapes of ints >= 0."""
     if not isinstance(specs, list):
         raise ValueError("tensors must be a list")
-    names = set()
+    names: set[str] = set()
+    out: list[tuple[str, list[int]]] = []
     for s in specs:
         if not isinstance(s, dict) or set(s) != {"name", "shape"}:
             raise ValueError(f"tensor spec {s!r} must be {{name, shape}}")
@@ -130,7 +132,8 @@ def _tensor_specs(specs: object) -> list[dict[str, object]]:
                            for d in shape)):
             raise ValueError(f"tensor {name!r} shape {shape!r} is not a list of ints >= 0")
         names.add(name)
-    return specs
+        out.append((name, [int(d) for d in shape]))
+    return out
 
 
 def weights_close(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], *, atol: float = 0.0) -> bool:
