@@ -60,3 +60,27 @@ def test_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module),
                              optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_revoke_and_rotate_in_the_run_directory(tmp_path: Path) -> None:
+    from agents import acls
+
+    root = federation.init_run_dir(tmp_path / "run", federation.FederationConfig(nodes=["n1", "n2"]))
+    old_seed = federation.node_key(root, "n2")
+    old_cert = federation.tls_identity(root, "n2").cert.read_bytes()
+    ident = federation.rotate_node(root, "n2")
+    new_seed = federation.node_key(root, "n2")
+    assert new_seed != old_seed and ident.cert.read_bytes() != old_cert
+    assert federation.registry(root).public_key("n2") == public_key_of(new_seed)
+    assert certificate_cn(load_certificate(ident.cert)) == "n2"
+    assert federation.revoke_key(root, "n1", at=1.0)
+    assert not federation.revoke_key(root, "n1", at=2.0)
+    reg = federation.registry(root)
+    assert reg.is_revoked("n1") and "n1" not in reg and "n2" in reg
+    with pytest.raises(KeyError):
+        federation.revoke_key(root, "n9", at=1.0)
+    with pytest.raises(KeyError):
+        federation.rotate_node(root, "n1")  # revoked: re-enrol under a new id instead
+    # the ACL plan of the demo's 21 nodes (README): 14 per node, 11 aggregator, 10 reader
+    nodes = [f"node-{i}" for i in range(21)]
+    assert len(acls.federation_acls(nodes, aggregator_app_id="demo-aggregator")) == 315

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from pathlib import Path
 
@@ -220,3 +221,38 @@ def test_scram_sha_512_over_tls(fleet: dict, secure_kafka: SecureKafka) -> None:
             client.list_topics()
         finally:
             client.close()
+
+
+@pytest.mark.slow
+def test_three_node_cluster_replicates_over_mutual_tls(secure_kafka: SecureKafka) -> None:
+    """Inter-broker replication and controller traffic of a 3-node KRaft cluster run over the
+    TLS listeners with client certificates; a topic with replication factor 3 keeps all three
+    replicas in sync after an acks=all write."""
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewTopic
+
+    from agents.kafka_harness import BrokerSecurity, KafkaCluster
+
+    sec = secure_kafka.cluster.security
+    with KafkaCluster(3, security=BrokerSecurity(broker=sec.broker, admin=sec.admin)) as cluster:
+        settings = cluster.settings()
+        props = cluster.nodes[0].properties_file.read_text()
+        assert "listener.security.protocol.map=CONTROLLER:SSL,SSL:SSL" in props
+        assert "inter.broker.listener.name=SSL" in props and "PLAINTEXT" not in props
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers,
+                                 **settings.kafka_python_security())
+        try:
+            admin.create_topics([NewTopic("edgeveil.replicated", 1, 3)])
+            producer = KafkaProducer(**settings.producer_config())
+            producer.send("edgeveil.replicated", b"v").get(timeout=30)
+            producer.close()
+            deadline = time.monotonic() + 30
+            while True:
+                (topic,) = admin.describe_topics(["edgeveil.replicated"])
+                (part,) = topic["partitions"]
+                if len(part["isr"]) == 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert sorted(part["replicas"]) == [1, 2, 3] and len(part["isr"]) == 3, part
+        finally:
+            admin.close()
