@@ -250,9 +250,11 @@ def test_three_node_cluster_replicates_over_mutual_tls(secure_kafka: SecureKafka
             while True:
                 (topic,) = admin.describe_topics(["edgeveil.replicated"])
                 (part,) = topic["partitions"]
-                if len(part["isr"]) == 3 or time.monotonic() > deadline:
+                isr = part.get("isr_nodes", part.get("isr"))
+                if len(isr) == 3 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
-            assert sorted(part["replicas"]) == [1, 2, 3] and len(part["isr"]) == 3, part
+            replicas = part.get("replica_nodes", part.get("replicas"))
+            assert sorted(replicas) == [1, 2, 3] and sorted(isr) == [1, 2, 3], part
         finally:
             admin.close()
