@@ -220,6 +220,12 @@ def registry(root: Path) -> KeyRegistry:
     return KeyRegistry.load(registry_path(root))
 
 
+def active_nodes(root: Path) -> list[str]:
+    """The federation's nodes minus the revoked ones (whose ACLs must not come back)."""
+    reg = registry(root)
+    return [n for n in load_config(root).nodes if not reg.is_revoked(n)]
+
+
 def revoke_key(root: Path, node: str, *, at: float) -> bool:
     """Take ``node``'s key out of the registry and mark it revoked (a running aggregator reloads
     the file within a second). False when it was revoked already; ``KeyError`` for an id the

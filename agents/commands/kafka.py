@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         except (kh.KafkaHarnessError, IdentityError, FileNotFoundError) as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(1) from exc
-        kind = "secured (mutual TLS + ACLs)" if status.get("secure") else "plaintext"
+        kind = "secured: mutual TLS + ACLs" if status.get("secure") else "plaintext"
         typer.echo(f"Kafka ({kind}) is up at {status['bootstrap_servers']} (pid {status['pid']}).")
         typer.echo(f"  export EDGEVEIL_BOOTSTRAP_SERVERS={status['bootstrap_servers']}")
         if status.get("secure"):

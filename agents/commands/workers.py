@@ -69,7 +69,7 @@ def _identity_env(root: Path, party: str, *, edge_group: str | None = None) -> d
     """On a secured cluster, the TLS files of ``party`` from the run directory (unless the
     environment names a certificate already) and, for an edge, its consumer group."""
     from agents.federation import client_env
-    from agents.settings import load_settings
+    from agents.settings import Settings, load_settings
 
     settings = load_settings()
     if not settings.secured:
@@ -78,7 +78,7 @@ def _identity_env(root: Path, party: str, *, edge_group: str | None = None) -> d
     if settings.security_protocol.endswith("SSL") and not settings.ssl_certfile:
         env.update(client_env(root, party))
         env.pop("EDGEVEIL_SECURITY_PROTOCOL")  # keep SSL or SASL_SSL as set
-    if edge_group and "EDGEVEIL_APP_ID" not in os.environ:
+    if edge_group and settings.app_id == Settings.app_id:  # no app id of the user's own
         env["EDGEVEIL_APP_ID"] = edge_group
     return env
 
@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
 
         Connects with the run's admin certificate unless EDGEVEIL_SSL_CERTFILE names another."""
         from agents import acls
-        from agents.federation import ADMIN, load_config
+        from agents.federation import ADMIN, active_nodes
 
         root = _check_run_dir(run_dir)
         settings = _admin_settings(root)
@@ -173,8 +173,8 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"{rule.principal:28} {rule.operation:9} {rule.resource} "
                                f"{rule.pattern.lower()} {rule.name}")
                 return
-            done = acls.setup_federation(settings, load_config(root).nodes,
-                                         aggregator_app_id=app_id)
+            # revoked nodes get no ACLs back
+            done = acls.setup_federation(settings, active_nodes(root), aggregator_app_id=app_id)
         except Exception as exc:  # noqa: BLE001 - any client error: say what and where
             typer.secho(f"cannot set up the federation on {settings.bootstrap_servers} as "
                         f"{ADMIN}: {exc}", fg="red", err=True)

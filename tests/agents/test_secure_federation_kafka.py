@@ -203,6 +203,12 @@ def test_revoked_node_is_refused_its_queued_update_goes_to_the_dlq_and_the_round
         assert result.exit_code == 0, result.output
         assert "ACL(s) removed" in result.output
         assert acls.list_acls(admin, f"User:{revoked}") == []
+        # setting the federation up again does not give a revoked node its ACLs back
+        again = CliRunner().invoke(cli, ["federation", "acls", str(root), "--aggregator-app-id",
+                                         app_id], env={"EDGEVEIL_BOOTSTRAP_SERVERS":
+                                                       secure_kafka.bootstrap_servers})
+        assert again.exit_code == 0, again.output
+        assert acls.list_acls(admin, f"User:{revoked}") == []
         # the running aggregator re-reads its registry: the queued update goes to the DLQ
         follow(lambda: any(e.reason == "revoked" for e, _ in dlq), timeout=30)
         entry, value = next((e, v) for e, v in dlq if e.reason == "revoked")
