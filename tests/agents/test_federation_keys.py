@@ -84,3 +84,20 @@ def test_revoke_and_rotate_in_the_run_directory(tmp_path: Path) -> None:
     # the ACL plan of the demo's 21 nodes (README): 14 per node, 11 aggregator, 10 reader
     nodes = [f"node-{i}" for i in range(21)]
     assert len(acls.federation_acls(nodes, aggregator_app_id="demo-aggregator")) == 315
+
+
+def test_workers_take_their_identity_from_the_run_dir_on_a_secured_cluster(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.commands.workers import _identity_env
+
+    root = federation.init_run_dir(tmp_path / "run", federation.FederationConfig(nodes=["n1"]))
+    for var in ("EDGEVEIL_SECURITY_PROTOCOL", "EDGEVEIL_SSL_CERTFILE", "EDGEVEIL_APP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert _identity_env(root, "n1", edge_group="edgeveil-n1-edge") == {}  # plaintext
+    monkeypatch.setenv("EDGEVEIL_SECURITY_PROTOCOL", "SSL")
+    env = _identity_env(root, "n1", edge_group=federation.edge_group("n1"))
+    assert env["EDGEVEIL_SSL_CERTFILE"] == str(federation.tls_identity(root, "n1").cert)
+    assert env["EDGEVEIL_APP_ID"] == "edgeveil-n1-edge"
+    monkeypatch.setenv("EDGEVEIL_APP_ID", "mine")  # the user's own choices win
+    monkeypatch.setenv("EDGEVEIL_SSL_CERTFILE", "/elsewhere/n1.crt")
+    assert _identity_env(root, "n1", edge_group="edgeveil-n1-edge") == {}

@@ -229,3 +229,17 @@ def test_revoked_node_is_refused_its_queued_update_goes_to_the_dlq_and_the_round
     assert "key registry reloaded" in output and revoked in output
     assert federation.registry(root).is_revoked(revoked)
     assert changelog_topics(app_id)  # the aggregator ran on the admin-made changelogs
+
+
+def test_demo_runs_secured(tmp_path: Path) -> None:
+    """`edgeveil demo --secure` end to end, small: its own secured broker, the admin's topics and
+    ACLs, the workers with their own certificates, the monitor as the reader."""
+    from agents.demo import run_demo
+
+    summary = run_demo(out_dir=tmp_path / "out", rounds=1, nodes=2, edge_workers=1, camera=None,
+                       secure=True, timeout_s=240)
+    assert summary["secure"] is True
+    assert summary["completed_rounds"] == 1 and summary["dlq"] == []
+    assert 0 < summary["setup_seconds"] < summary["seconds"]
+    logs = "\n".join(p.read_text() for p in (tmp_path / "out" / "logs").glob("*.log"))
+    assert "AuthorizationFailed" not in logs
