@@ -52,7 +52,8 @@ class Settings:
 
     @property
     def secured(self) -> bool:
-        """True unless the protocol is PLAINTEXT: then only the admin creates topics."""
+        """True unless the protocol is PLAINTEXT. On a secured cluster only the admin creates
+        topics (`edgeveil federation acls`); workers declare none."""
         return self.security_protocol != "PLAINTEXT"
 
     def passphrase(self) -> bytes | None:
