@@ -8,14 +8,18 @@ principal                   allowed
 ==========================  ==============================================================
 ``User:<node>`` (each)      WRITE ``edgeveil.updates``, ``.analytics``, ``.telemetry``,
                             ``.frames.anonymized``, ``.dlq`` (a model it rejects); READ
-                            ``edgeveil.models`` with its own group ``edgeveil-<node>-edge``
-``User:aggregator``         READ ``edgeveil.updates`` with group ``<app id>``; WRITE
+                            ``edgeveil.models`` and ``edgeveil.control`` with its own group
+                            ``edgeveil-<node>-edge``
+``User:aggregator``         READ ``edgeveil.updates`` with group ``<app id>``, and
+                            ``.telemetry``, ``.dlq``, ``.control`` (its fleet page); WRITE
                             ``edgeveil.models`` and ``edgeveil.dlq``; READ/WRITE its changelog
                             topics (prefix ``<app id>-``)
 ``User:reader``             READ ``edgeveil.models``, ``.analytics``, ``.telemetry``, ``.dlq``,
-                            ``.frames.anonymized`` (notebook, report, demo monitor; no group)
+                            ``.frames.anonymized``, ``.control`` (notebook, report, demo monitor;
+                            no group)
 ``User:admin``              super user (``super.users``): the only one that creates or deletes
-                            topics and changes ACLs
+                            topics, changes ACLs and writes ``edgeveil.control``
+                            (``edgeveil model promote|rollback``)
 ==========================  ==============================================================
 
 Every allowed topic operation also gets DESCRIBE (metadata, offsets), which reveals a topic's
@@ -35,6 +39,7 @@ from agents import federation
 from agents.settings import Settings
 from agents.topics import (
     ANALYTICS,
+    CONTROL,
     DLQ,
     FEDERATION_TOPICS,
     FRAMES_ANONYMIZED,
@@ -53,7 +58,11 @@ __all__ = ["AclRule", "apply_acls", "federation_acls", "list_acls", "remove_prin
 
 #: what an edge writes (the DLQ: a global model it could not verify)
 EDGE_WRITES = (UPDATES, ANALYTICS, TELEMETRY, FRAMES_ANONYMIZED, DLQ)
-READER_READS = (MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED)
+READER_READS = (MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED, CONTROL)
+#: what an edge reads (global models; the staged-rollout commands that say which one to serve)
+EDGE_READS = (MODELS, CONTROL)
+#: what the aggregator reads besides the updates: its fleet page follows these (agents/fleet.py)
+AGGREGATOR_FOLLOWS = (TELEMETRY, DLQ, CONTROL)
 
 
 @dataclass(frozen=True, order=True)
@@ -83,7 +92,7 @@ def _group_rules(principal: str, group: str) -> list[AclRule]:
 def node_rules(node: str) -> list[AclRule]:
     """What edge node ``node`` may do."""
     p = f"User:{node}"
-    return (_topic_rules(p, EDGE_WRITES, "WRITE") + _topic_rules(p, (MODELS,), "READ")
+    return (_topic_rules(p, EDGE_WRITES, "WRITE") + _topic_rules(p, EDGE_READS, "READ")
             + _group_rules(p, federation.edge_group(node)))
 
 
@@ -101,7 +110,8 @@ def federation_acls(nodes: list[str], *, aggregator_app_id: str) -> list[AclRule
     False
     """
     agg = f"User:{federation.AGGREGATOR}"
-    rules = (_topic_rules(agg, (UPDATES,), "READ") + _topic_rules(agg, (MODELS, DLQ), "WRITE")
+    rules = (_topic_rules(agg, (UPDATES, *AGGREGATOR_FOLLOWS), "READ")
+             + _topic_rules(agg, (MODELS, DLQ), "WRITE")
              + _group_rules(agg, aggregator_app_id))
     rules += [AclRule(agg, "topic", f"{aggregator_app_id}-", op, "PREFIXED")
               for op in ("READ", "WRITE", "DESCRIBE")]

@@ -10,6 +10,9 @@ a restarted worker reads them back.
 Everything it rejects goes to ``edgeveil.dlq`` untouched, with the reason in the headers; the
 agent keeps running.
 
+The same worker serves the fleet page (``/fleet``, ``/fleet.json``) and Prometheus metrics
+(``/metrics``) through faust's web server: :mod:`agents.fleet`, :mod:`agents.metrics`.
+
 Configuration: the run directory in ``EDGEVEIL_RUN_DIR`` (:mod:`agents.federation`) and the
 broker settings of :mod:`agents.settings`. Run ONE aggregator worker per task: round state is a
 single table key.
@@ -25,7 +28,8 @@ import time
 from typing import Any
 
 from agents import federation
-from agents.app import make_app
+from agents.app import make_app, settings
+from agents.fleet import Fleet
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
 from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
 from pipeline.codec import CodecError
@@ -63,6 +67,20 @@ ref_table = app.Table("aggregator-ref-chunks", default=None, key_type=str, value
 global_table = app.Table("aggregator-global", default=None, key_type=str, value_type=bytes,
                          use_partitioner=True,
                          partitions=UPDATES.partitions)
+
+
+def _round_state() -> dict[str, Any]:
+    """The open round, for the fleet page (empty until the state is loaded)."""
+    rt = _rt
+    if rt is None or not rt.loaded:
+        return {}
+    coord = rt.coordinator
+    return {"version": coord.version, "buffered": len(coord.buffer),
+            "quorum": rt.cfg.quorum if rt.cfg.mode == "sync" else rt.cfg.buffer_size,
+            "opened_at": coord.opened_at if coord.buffer else None}
+
+
+fleet = Fleet(app, settings=settings, round_state=_round_state)
 
 
 class _Runtime:
@@ -282,7 +300,7 @@ async def _fetch_stored(rt: _Runtime, refs: dict[str, UpdateRef]) -> dict[str, b
 
 
 async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
-                   outcome: RoundOutcome | None) -> bytes:
+                   outcome: RoundOutcome | None, round_seconds: float | None = None) -> bytes:
     header = GlobalModelHeader(
         task=rt.cfg.task, version=version, round=version,
         participants=list(outcome.participants) if outcome else [],
@@ -310,14 +328,21 @@ async def _publish(rt: _Runtime, *, version: int, weights: dict[str, Any],
     log.info("published %s v%d (%d participants, %d bytes; ONNX export %.1f ms, publish %.1f ms)",
              rt.cfg.task, version, len(header.participants), len(blob), export_ms,
              (time.perf_counter() - t0) * 1e3)
+    sizes = list(header.update_bytes.values())
+    await fleet.record_version(version, metrics=header.metrics,
+                               participants=len(header.participants),
+                               created_at=header.created_at, round_seconds=round_seconds,
+                               update_bytes_mean=sum(sizes) / len(sizes) if sizes else None)
     return blob
 
 
 async def _close_round(rt: _Runtime) -> None:
     coord = rt.coordinator
+    opened_at = coord.opened_at
     stored = {k: v for k in coord.buffer if (v := rt.pending.get(k)) is not None}
     outcome = coord.aggregate(rt.current_weights(), stored)
-    await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome)
+    await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome,
+                   round_seconds=time.time() - opened_at if opened_at is not None else None)
     await _changelog_metadata()  # no await between this and the table writes below
     done = coord.commit(outcome)
     # state first: if the deletions below are lost, resume() finds these keys in `recent`
@@ -339,7 +364,14 @@ async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
     entry = DlqEntry(reason=str(reason), detail=str(detail)[:2000], source_topic=msg.topic,
                      partition=msg.partition, offset=msg.offset, agent="aggregator")
     await dlq_topic.send(key=msg.key, value=msg.value or b"", headers=entry.to_headers())
+    fleet.record_update(_node_of(msg.key), round_=None, base_version=None,
+                        size=len(msg.value or b""), outcome="rejected", reason=str(reason))
     log.warning("rejected update at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+
+
+def _node_of(key: bytes | None) -> str:
+    """The node id an update's record key names (edges key updates by node id)."""
+    return key.decode("utf-8", errors="replace")[:128] if key else "?"
 
 
 #: at most this many updates are admitted under one lock acquisition. faust's take_events hands
@@ -419,8 +451,11 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
             await _changelog_metadata()  # an await passed: re-check before the next write
             tally.rejected += 1
             continue
+        u = offer.update
         if offer.duplicate:
             log.info("dropped redelivered update %s", offer.key)
+            fleet.record_update(u.node_id, round_=u.round, base_version=u.base_version,
+                                size=len(data or b""), outcome="duplicate")
             tally.duplicates += 1
             continue
         # no await between the metadata check (batch start, or after the last await) and here
@@ -433,6 +468,8 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
             # references in ref_table, RoundCoordinator.resume)
             state_table[_opened_key(rt.cfg.task)] = {"version": coord.version,
                                                      "opened_at": coord.opened_at}
+        fleet.record_update(u.node_id, round_=u.round, base_version=u.base_version,
+                            size=len(data), outcome="admitted")
         tally.admitted += 1
         tally.last = f"{offer.key} (staleness {offer.staleness}, {len(coord.buffer)} buffered)"
         log.debug("admitted %s", tally.last)  # one INFO line per batch: a line costs ~0.2 ms

@@ -60,7 +60,14 @@ def make_app(role: str, *, autodiscover: list[str] | None = None, s: Settings | 
         # session is 45 s); heartbeats every 3 s keep a live worker in the group
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
+        # `faust worker` switches the web server on unless --without-web: only the aggregator
+        # runs with it (fleet page, /fleet.json, /metrics). faust's own table and router views
+        # stay off: the tables are not for the network.
         web_enabled=False,
+        web_port=s.web_port,
+        web_bind=s.web_bind,
+        web_tables_enabled=False,
+        web_router_enabled=False,
         datadir=f"{s.data_dir}/{app_id}",
         # on a secured cluster only the admin creates topics (`edgeveil federation acls` makes
         # every topic, the changelogs included): the workers declare none, and the leader topic,

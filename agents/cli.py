@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 #: command modules, in the order their commands appear in --help
-COMMAND_MODULES = ["kafka", "demo", "workers", "fl", "anonymize"]
+COMMAND_MODULES = ["kafka", "demo", "workers", "model", "fl", "anonymize"]
 
 
 @app.callback()

@@ -4,16 +4,20 @@ One worker hosts one or more edge nodes (``EDGEVEIL_EDGE_NODES``: ``all``, ``1-7
 positions in the federation's node list) or comma-separated node ids). For every new global model
 on ``edgeveil.models`` it
 
-1. verifies the aggregator's signature and hot-swaps the model's ONNX into onnxruntime
-   (:class:`pipeline.hotswap.OnnxModelSlot`) without stopping anything else;
+1. verifies it (:class:`pipeline.serving.EdgeModels`: the aggregator's signature, the tensors'
+   shapes, finite weights, onnxruntime loads the ONNX and a probe inference gives finite
+   outputs) and hot-swaps it into the nodes that should serve it, without stopping anything else;
 2. lets each node train one DP-SGD round from the new weights (:class:`pipeline.simulation.EdgeNode`:
    the privacy ledger is checked before and written durably before the update exists) and
    publishes the signed update to ``edgeveil.updates``;
-3. publishes each node's forecast to ``edgeveil.analytics``.
+3. publishes the forecast of each node whose served model changed to ``edgeveil.analytics``.
 
-A timer publishes heartbeats to ``edgeveil.telemetry``. Models that fail verification go to the
-DLQ with the reason; the worker keeps running. A node whose budget is spent stops training and
-says so in its telemetry.
+Which version a node serves follows the signed rollout commands on ``edgeveil.control``
+(``edgeveil model promote|rollback``; :mod:`pipeline.rollout`): the newest verified model until a
+command pins a stable version and a canary group. A timer publishes heartbeats (with the version
+each node serves) to ``edgeveil.telemetry``. Models and control messages that fail verification
+go to the DLQ with the reason and change nothing; the worker keeps running. A node whose budget
+is spent stops training and says so in its telemetry.
 """
 
 from __future__ import annotations
@@ -23,16 +27,16 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agents import federation
 from agents.app import make_app, settings
-from agents.topics import ANALYTICS, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
+from agents.topics import ANALYTICS, CONTROL, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
 from pipeline.codec import CodecError
-from pipeline.global_model import decode_global_model
-from pipeline.hotswap import ModelLoadError, OnnxModelSlot
+from pipeline.serving import EdgeModels
 from schemas.messages import AnalyticsRecord, DlqEntry, Telemetry
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,8 @@ frames_topic = app.topic(FRAMES_ANONYMIZED.name, key_type=bytes, value_type=byte
                          partitions=FRAMES_ANONYMIZED.partitions)
 dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", partitions=DLQ.partitions)
+control_topic = app.topic(CONTROL.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw", partitions=CONTROL.partitions)
 
 
 def select_nodes(spec: str, nodes: list[str]) -> list[str]:
@@ -87,9 +93,10 @@ def select_nodes(spec: str, nodes: list[str]) -> list[str]:
 
 
 class _Edge:
-    """The nodes of this worker and their shared model slot (pipeline objects only)."""
+    """The nodes of this worker and the models they serve (pipeline objects only)."""
 
     def __init__(self) -> None:
+        import psutil
         import torch
 
         from pipeline.dp.calibrate import noise_multiplier_for_budget
@@ -132,11 +139,17 @@ class _Edge:
                     steps=self.cfg.rounds * node.config.local_steps, accountant=ledger.mechanism)
             node.noise_multiplier = sigmas[key]  # replaces the placeholder above
             self.nodes[node_id] = node
-        self.slot = OnnxModelSlot()
+        self.models = self._edge_models()
+        self.lock = asyncio.Lock()  # one of on_model / on_control changes self.models at a time
+        # the newest version this worker trained from (or was offered) since it started: a
+        # model redelivered after a crash is trained on again (self.published skips the nodes
+        # that already published that round)
         self.version = -1
         self.exhausted: set[str] = set()
         self.published = self._load_published()
         self.epsilon = {n: float(node.ledger.epsilon()) for n, node in self.nodes.items()}
+        self.proc = psutil.Process()
+        self.proc.cpu_percent(None)  # starts the CPU measurement the heartbeats report
         self.camera: Any = None
         self.camera_node = os.environ.get("EDGEVEIL_CAMERA_NODE", "")
         uri = os.environ.get("EDGEVEIL_CAMERA")
@@ -153,9 +166,35 @@ class _Edge:
             log.info("camera %s feeds node %s", uri, self.camera_node)
         log.info("edge worker serves %d nodes: %s", len(self.nodes), ", ".join(self.node_ids))
 
+    def _edge_models(self) -> EdgeModels:
+        """The verified-model gate, with the models and the rollout command this worker kept
+        before a restart (each verified again)."""
+        import numpy as np
+
+        from pipeline.weights import get_weights
+
+        expected = {k: tuple(v.shape) for k, v in get_weights(self.task.build_model()).items()}
+        if hasattr(self.task, "in_features"):
+            probe = np.zeros((1, int(self.task.in_features)), np.float32)
+        else:
+            x = self.task.train_data(self.node_ids[0]).tensors[0]
+            probe = np.asarray(x[:1], dtype=np.float32)
+        models = EdgeModels(task=self.cfg.task, node_ids=self.node_ids,
+                            public_key=self.aggregator_pub, expected=expected, probe=probe,
+                            store_dir=self.root / "edge-state" / f"models-{self._tag()}")
+        kept = models.restore()
+        if kept:
+            models.refresh()
+            log.info("restored %d verified model(s) (newest v%s) and rollout command %s",
+                     len(kept), models.latest, models.control.seq if models.control else None)
+        return models
+
+    def _tag(self) -> str:
+        return "_".join(self.node_ids)[:80]
+
     # the last round each node published, so a restarted worker does not train a round twice
     def _published_path(self) -> Path:
-        return self.root / "edge-state" / ("published-" + "_".join(self.node_ids)[:80] + ".json")
+        return self.root / "edge-state" / ("published-" + self._tag() + ".json")
 
     def _load_published(self) -> dict[str, int]:
         p = self._published_path()
@@ -169,37 +208,53 @@ class _Edge:
         tmp.write_text(json.dumps(self.published))
         os.replace(tmp, p)
 
-    def forecast(self, node_id: str, version: int) -> tuple[float, float] | None:
-        """(forecast, actual) count for one test-period hour, served by the ONNX model."""
+    def forecast(self, node_id: str) -> tuple[float, float, int] | None:
+        """(forecast, actual, version) count for one test-period hour, served by the ONNX model
+        ``node_id`` serves."""
         windows = getattr(self.task, "windows", None)
         to_counts = getattr(self.task, "counts_from_output", None)
-        if windows is None or to_counts is None or self.slot.version is None:
+        version = self.models.version_of(node_id)
+        if windows is None or to_counts is None or version is None:
             return None
         w = windows(node_id, "test")
         if len(w.x) == 0:
             return None
         i = (version * 97) % len(w.x)
-        z, _ = self.slot.predict(w.x[i:i + 1])
-        return float(to_counts(node_id, z.reshape(-1))[0]), float(w.counts[i])
+        z, version = self.models.predict(node_id, w.x[i:i + 1])
+        return float(to_counts(node_id, z.reshape(-1))[0]), float(w.counts[i]), version
 
 
 _edge: _Edge | None = None
+_edge_lock = threading.Lock()  # the model and control agents both build the runtime
 
 
 def _runtime() -> _Edge:
     global _edge
-    if _edge is None:
-        _edge = _Edge()
-    return _edge
+    with _edge_lock:
+        if _edge is None:
+            _edge = _Edge()
+        return _edge
 
 
-async def _reject(msg: Any, err: Exception) -> None:
+async def _reject(msg: Any, err: Exception, what: str = "model") -> None:
     entry = DlqEntry(reason=str(getattr(err, "reason", type(err).__name__)),
                      detail=str(getattr(err, "detail", err))[:2000], source_topic=msg.topic,
                      partition=msg.partition, offset=msg.offset, agent="edge")
     await dlq_topic.send(key=msg.key, value=msg.value or b"", headers=entry.to_headers())
-    log.warning("rejected model at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset,
-                entry.reason)
+    log.warning("rejected %s at %s[%d]@%d: %s (%s)", what, msg.topic, msg.partition, msg.offset,
+                entry.reason, entry.detail[:200])
+
+
+async def _send_forecasts(edge: _Edge, nodes: list[str]) -> None:
+    """Each node's forecast from the model it now serves."""
+    for node_id in nodes:
+        fc = edge.forecast(node_id)
+        if fc is None:
+            continue
+        rec = AnalyticsRecord(node_id=node_id, interval_start=time.time(),
+                              interval_seconds=3600.0, counts={"person": int(round(fc[1]))},
+                              forecast=round(fc[0], 2), model_version=fc[2])
+        await analytics_topic.send(key=node_id.encode(), value=rec.encode())
 
 
 async def _train_and_publish(edge: _Edge, weights: dict[str, Any], version: int) -> None:
@@ -228,31 +283,42 @@ async def on_model(stream):  # type: ignore[no-untyped-def]
     edge = await asyncio.to_thread(_runtime)
     async for event in stream.events():
         msg = event.message
-        try:
-            model = decode_global_model(msg.value or b"", public_key=edge.aggregator_pub)
-        except CodecError as err:
-            await _reject(msg, err)
-            continue
-        h = model.header
-        if h.task != edge.cfg.task or h.version <= edge.version:
-            continue
-        try:
-            await asyncio.to_thread(edge.slot.swap, model.onnx, version=h.version)
-        except ModelLoadError as err:
-            await _reject(msg, err)
-            continue
-        edge.version = h.version
-        log.info("serving global model v%d", h.version)
-        if h.version < edge.cfg.rounds:
-            await _train_and_publish(edge, dict(model.weights), h.version)
-        for node_id in edge.nodes:
-            fc = edge.forecast(node_id, h.version)
-            if fc is None:
+        async with edge.lock:
+            try:
+                model = await asyncio.to_thread(edge.models.admit, msg.value or b"")
+            except CodecError as err:  # signature, format, shapes, NaN, ONNX load, probe
+                await _reject(msg, err)
                 continue
-            rec = AnalyticsRecord(node_id=node_id, interval_start=time.time(),
-                                  interval_seconds=3600.0, counts={"person": int(round(fc[1]))},
-                                  forecast=round(fc[0], 2), model_version=h.version)
-            await analytics_topic.send(key=node_id.encode(), value=rec.encode())
+            if model is None:  # another task's model on the shared topic
+                continue
+            changed = await asyncio.to_thread(edge.models.refresh)
+        for node_id, v in changed.items():
+            log.info("%s serves global model v%d", node_id, v)
+        h = model.header
+        if h.version > edge.version:
+            edge.version = h.version
+            if h.version < edge.cfg.rounds:
+                await _train_and_publish(edge, dict(model.weights), h.version)
+        await _send_forecasts(edge, list(changed))
+
+
+@app.agent(control_topic)
+async def on_control(stream):  # type: ignore[no-untyped-def]
+    """Obey signed rollout commands; a forged or replayed one goes to the DLQ, changing nothing."""
+    edge = await asyncio.to_thread(_runtime)
+    async for event in stream.events():
+        msg = event.message
+        async with edge.lock:
+            try:
+                control = edge.models.apply_control(msg.value or b"")
+            except CodecError as err:
+                await _reject(msg, err, what="control message")
+                continue
+            changed = await asyncio.to_thread(edge.models.refresh)
+        log.info("rollout command %d (%s): stable v%s, canary v%s on %s; %d node(s) switched",
+                 control.seq, control.action, control.stable_version, control.canary_version,
+                 control.canary_nodes, len(changed))
+        await _send_forecasts(edge, list(changed))
 
 
 async def _send_camera_output(edge: _Edge) -> None:
@@ -263,10 +329,12 @@ async def _send_camera_output(edge: _Edge) -> None:
         rec = AnalyticsRecord(node_id=edge.camera_node, interval_start=iv.start,
                               interval_seconds=iv.seconds,
                               counts={"person": int(round(iv.mean.get("person", 0.0)))},
-                              model_version=edge.slot.version)
+                              model_version=edge.models.version_of(edge.camera_node))
         await analytics_topic.send(key=edge.camera_node.encode(), value=rec.encode())
-    for jpeg in cam.drain_previews():  # anonymized frames only (CameraLoop refuses raw)
-        await frames_topic.send(key=edge.camera_node.encode(), value=jpeg)
+    for p in cam.drain_previews():  # anonymized, gated frames only (CameraLoop refuses raw)
+        headers = {"edgeveil-seq": str(p.seq).encode(), "edgeveil-loop": str(p.loop).encode(),
+                   "edgeveil-vouched": json.dumps(p.vouched, sort_keys=True).encode()}
+        await frames_topic.send(key=edge.camera_node.encode(), value=p.jpeg, headers=headers)
 
 
 @app.on_before_shutdown.connect
@@ -287,9 +355,7 @@ async def heartbeat() -> None:
     """One telemetry record per node every 2 s; the camera's counts and previews."""
     if _edge is None:
         return
-    import psutil
-
-    proc = psutil.Process()
+    proc = _edge.proc  # one Process object: cpu_percent() measures since the previous beat
     cpu = proc.cpu_percent(None)
     rss = proc.memory_info().rss
     cam = _edge.camera
@@ -297,9 +363,10 @@ async def heartbeat() -> None:
     await _send_camera_output(_edge)
     for node_id in _edge.nodes:
         on_cam = cam_stats is not None and node_id == _edge.camera_node
+        served = _edge.models.version_of(node_id)
         t = Telemetry(node_id=node_id, fps=cam_stats.fps if on_cam else 0.0,
                       frames_in=cam_stats.frames_in if on_cam else 0,
                       fail_closed=cam_stats.fail_closed if on_cam else 0,
                       epsilon=_edge.epsilon[node_id], cpu_percent=cpu, rss_bytes=rss,
-                      model_version=_edge.slot.version if _edge.slot.version is not None else -1)
+                      model_version=served if served is not None else -1)
         await telemetry_topic.send(key=node_id.encode(), value=t.encode())

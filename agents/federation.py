@@ -178,6 +178,16 @@ def client_settings(root: Path, party: str, *, base: Settings | None = None) -> 
                    ssl_certfile=str(ident.cert), ssl_keyfile=str(ident.key))
 
 
+def admin_settings(root: Path, *, base: Settings | None = None, always: bool = False,
+                   ) -> Settings:
+    """The operator's settings: on a secured cluster (or ``always``, for the security commands)
+    the run's admin certificate, unless the settings name a certificate of their own."""
+    settings = base or load_settings()
+    if settings.ssl_certfile or not (always or settings.secured):
+        return settings
+    return client_settings(root, ADMIN, base=settings)
+
+
 def pki(root: Path, *, passphrase: bytes | None = None) -> FleetPki:
     """The run directory's CA (to issue or rotate certificates)."""
     return FleetPki(root / "tls", passphrase=passphrase)

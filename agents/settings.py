@@ -44,6 +44,13 @@ class Settings:
     replication_factor: int = 1
     app_id: str = "edgeveil"
     data_dir: str = str(cache_dir() / "agents")
+    #: the aggregator's web server (fleet page, /fleet.json, /metrics); 0.0.0.0 to reach it from
+    #: other hosts (compose's Prometheus)
+    web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+    #: the fleet page marks a node stale when its last heartbeat is older than this (seconds;
+    #: edges send one every 2 s)
+    fleet_stale_s: float = 10.0
 
     @property
     def faust_broker(self) -> str:
@@ -130,6 +137,8 @@ def _coerce(name: str, raw: Any) -> Any:
         if value not in _PROTOCOLS:
             raise ValueError(f"security_protocol must be one of {_PROTOCOLS}, got {raw!r}")
         return value
+    if target in ("float", float):
+        return float(raw)
     return raw if raw != "" else None
 
 

@@ -41,24 +41,36 @@ DLQ = TopicSpec("edgeveil.dlq", 1, {"retention.ms": str(30 * _DAY_MS)})
 #: optional, rate-limited anonymized JPEG previews (never raw frames)
 FRAMES_ANONYMIZED = TopicSpec("edgeveil.frames.anonymized", 1, {"retention.ms": str(3600 * 1000)})
 
-FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED)
+#: signed staged-rollout commands (``edgeveil model promote|rollback``); key = task; compacted: each
+#: message carries the task's whole rollout state, so the newest one is all an edge needs
+CONTROL = TopicSpec("edgeveil.control", 1, {
+    "cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000),
+})
 
-#: the aggregator's faust tables (agents/aggregator.py); on a secured cluster the admin creates
-#: their changelog topics, since no worker may create topics
-AGGREGATOR_TABLES = ("aggregator-state", "aggregator-ref-chunks", "aggregator-global")
+FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED, CONTROL)
+
+#: the aggregator worker's faust tables and their partitions (agents/aggregator.py, and the fleet
+#: page's in agents/fleet.py); on a secured cluster the admin creates their changelog topics,
+#: since no worker may create topics (tests/agents/test_federation_keys.py checks this list
+#: against the tables the app really has)
+AGGREGATOR_TABLES = (
+    ("aggregator-state", UPDATES.partitions), ("aggregator-ref-chunks", UPDATES.partitions),
+    ("aggregator-global", UPDATES.partitions), ("fleet-nodes", 1), ("fleet-updates", 1),
+    ("fleet-versions", 1), ("fleet-counters", 1), ("fleet-rollout", 1),
+)
 
 
 def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
-    """The changelog topics faust app ``app_id``'s aggregator tables write (faust names them
-    ``<app id>-<table>-changelog``; compacted, as many partitions as ``edgeveil.updates``).
+    """The changelog topics of faust app ``app_id``'s aggregator tables (faust names them
+    ``<app id>-<table>-changelog``; compacted, with the table's partitions).
 
     Examples
     --------
     >>> [t.name for t in changelog_topics("edgeveil-aggregator")][0]
     'edgeveil-aggregator-aggregator-state-changelog'
     """
-    return tuple(TopicSpec(f"{app_id}-{table}-changelog", UPDATES.partitions,
-                           {"cleanup.policy": "compact"}) for table in AGGREGATOR_TABLES)
+    return tuple(TopicSpec(f"{app_id}-{table}-changelog", partitions,
+                           {"cleanup.policy": "compact"}) for table, partitions in AGGREGATOR_TABLES)
 
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] | list[TopicSpec]) -> list[str]:

@@ -34,6 +34,9 @@ class FaustWorker:
         Extra environment (``EDGEVEIL_BOOTSTRAP_SERVERS`` …) on top of this process's.
     log_file
         Also append the worker's output to this file.
+    web
+        Run faust's web server (the aggregator's fleet page and /metrics, on
+        ``EDGEVEIL_WEB_PORT``); off by default.
 
     Examples
     --------
@@ -49,8 +52,10 @@ class FaustWorker:
         log_level: str = "info",
         log_file: Path | None = None,
         cwd: Path | None = None,
+        web: bool = False,
     ) -> None:
         self.app = app
+        self.web = web
         self.env = {**os.environ, **(env or {})}
         self.log_level = log_level
         self.log_file = log_file
@@ -61,8 +66,9 @@ class FaustWorker:
         self._reader: threading.Thread | None = None
 
     def start(self, *, wait_ready: bool = True, timeout: float = 120.0) -> FaustWorker:
-        cmd = [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", self.log_level,
-               "--without-web"]
+        cmd = [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", self.log_level]
+        if not self.web:
+            cmd.append("--without-web")
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,

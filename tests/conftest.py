@@ -110,3 +110,29 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKaf
     finally:
         cluster.stop()
         cluster.remove_data()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """A real headless Chromium (tests.browser.Browser); a missing browser fails under CI."""
+    from tests.browser import Browser, missing
+
+    why = missing()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI=true and the browser cannot start: {why}", pytrace=False)
+        pytest.skip(why)
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.quit()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> object:
+    """The folder test screenshots are saved in (out/test-artifacts by default)."""
+    from tests.browser import artifacts_dir
+
+    return artifacts_dir()
+

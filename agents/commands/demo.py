@@ -87,6 +87,8 @@ def register(app: typer.Typer) -> None:
         echo: bool = typer.Option(False, "--echo", help="Only the broker + faust round-trip check."),
         secure: bool = typer.Option(False, "--secure", help="A secured broker: mutual TLS, ACLs, "
                                     "every worker with its own certificate."),
+        web_port: int = typer.Option(6066, help="Port of the aggregator's fleet page (another "
+                                                "free one if taken)."),
     ) -> None:
         """Run the whole system: local Kafka, aggregator and edge workers, rounds, report."""
         from agents.demo import default_camera, run_demo
@@ -100,7 +102,8 @@ def register(app: typer.Typer) -> None:
             else:
                 summary = run_demo(out_dir=out, rounds=rounds, nodes=nodes, epsilon=epsilon,
                                    edge_workers=edge_workers, secure=secure,
-                                   camera=default_camera() if camera else None)
+                                   camera=default_camera() if camera else None,
+                                   web_port=web_port)
                 ok = summary["completed_rounds"] == rounds
         except KeyboardInterrupt:
             typer.echo("interrupted; broker and workers stopped")

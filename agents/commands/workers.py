@@ -13,9 +13,11 @@ if TYPE_CHECKING:
     from agents.settings import Settings
 
 
-def _exec_worker(app_module: str, env: dict[str, str], log_level: str) -> None:
+def _exec_worker(app_module: str, env: dict[str, str], log_level: str, *,
+                 web: bool = False) -> None:
     """Create the topics with their configs (not on a secured cluster: there the admin does,
-    `edgeveil federation acls`), then become a `faust worker` process."""
+    `edgeveil federation acls`), then become a `faust worker` process (with faust's web server
+    when ``web``: the aggregator's fleet page and /metrics)."""
     from agents.settings import load_settings
     from agents.topics import FEDERATION_TOPICS, ensure_topics
 
@@ -32,8 +34,12 @@ def _exec_worker(app_module: str, env: dict[str, str], log_level: str) -> None:
         raise typer.Exit(2) from exc
     if created:
         typer.echo(f"created topics: {', '.join(created)}")
+    if web:
+        s = load_settings()
+        typer.echo(f"fleet page: http://{s.web_bind}:{s.web_port}/fleet "
+                   "(also /fleet.json, /metrics)")
     os.execv(sys.executable, [sys.executable, "-m", "faust", "-A", app_module, "worker",
-                              "-l", log_level, "--without-web"])
+                              "-l", log_level, *([] if web else ["--without-web"])])
 
 
 def _aggregator_app_id(app_id: str) -> str:
@@ -44,13 +50,9 @@ def _aggregator_app_id(app_id: str) -> str:
 def _admin_settings(root: Path) -> Settings:
     """The settings of the admin: the run's admin certificate unless the environment names
     one (a cluster secured with another CA)."""
-    from agents.federation import ADMIN, client_settings
-    from agents.settings import load_settings
+    from agents.federation import admin_settings
 
-    settings = load_settings()
-    if settings.ssl_certfile:
-        return settings
-    return client_settings(root, ADMIN, base=settings)
+    return admin_settings(root, always=True)
 
 
 def _check_run_dir(run_dir: Path) -> Path:
@@ -243,12 +245,17 @@ def register(app: typer.Typer) -> None:
                                      help="Federation run directory."),
         log_level: str = typer.Option("info"),
     ) -> None:
-        """Run the aggregator as a faust worker (verify, aggregate, publish global models)."""
+        """Run the aggregator as a faust worker (verify, aggregate, publish global models).
+
+        It also serves the fleet page on EDGEVEIL_WEB_BIND:EDGEVEIL_WEB_PORT (127.0.0.1:6066):
+        /fleet, /fleet.json and Prometheus /metrics.
+        """
         from agents.federation import AGGREGATOR
 
         root = _check_run_dir(run_dir)
         _exec_worker("agents.aggregator", {"EDGEVEIL_RUN_DIR": str(root),
-                                           **_identity_env(root, AGGREGATOR)}, log_level)
+                                           **_identity_env(root, AGGREGATOR)}, log_level,
+                     web=True)
 
     @app.command()
     def edge(

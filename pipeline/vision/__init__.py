@@ -42,6 +42,8 @@ from pipeline.vision.detectors import (
     load_centerface_model,
     parse_classes,
 )
+from pipeline.vision.detectors.nanodet import NanoDetPersonDetector
+from pipeline.vision.detectors.tracking import PeopleTracker
 from pipeline.vision.exceptions import (
     DetectorError,
     DetectorTimeoutError,
@@ -54,6 +56,7 @@ from pipeline.vision.exceptions import (
 )
 from pipeline.vision.failclosed import FailClosedAnonymizer, FailClosedStats, OnFailure
 from pipeline.vision.frames import Frame
+from pipeline.vision.gate import ReleaseGate, default_gate
 from pipeline.vision.runner import RunSummary, default_detector, run
 from pipeline.vision.sinks import FrameSink, ImageFolderSink, ListSink, RawFrameError, VideoFileSink
 from pipeline.vision.sources import (
@@ -69,7 +72,8 @@ __all__ = [
     "DetectorError", "DetectorTimeoutError", "EnsembleDetector", "Every", "FailClosedAnonymizer",
     "FailClosedStats", "Frame", "FrameCounts", "FrameSink", "FrameSource", "HogPeopleDetector",
     "ImageFolderSink", "ImageFolderSource", "IntervalCounts", "ListSink", "LiveSource",
-    "ModelLoadError", "MotionPeopleDetector", "ObjectClass", "OnFailure", "Policy",
+    "ModelLoadError", "MotionPeopleDetector", "NanoDetPersonDetector", "ObjectClass", "OnFailure",
+    "PeopleTracker", "Policy", "ReleaseGate", "default_gate",
     "RawFrameError", "RunSummary", "Shape", "SourceError", "SourceExhaustedError",
     "SourceOpenError", "SourceTruncatedError", "TextDetector", "VideoFileSink", "VideoFileSource",
     "VisionError", "anonymize", "anonymize_full", "anonymize_image", "available_providers",

@@ -72,8 +72,12 @@ class ListSink:
         self.flushes += 1
 
 
+_FOURCC = {".avi": "MJPG", ".mkv": "FFV1"}
+
+
 class VideoFileSink:
-    """Writes frames to a video file with ``cv2.VideoWriter`` (MJPG for .avi, mp4v otherwise).
+    """Writes frames to a video file with ``cv2.VideoWriter``: MJPG for .avi, lossless FFV1 for
+    .mkv (every pixel kept, e.g. to measure what an anonymizer changed), mp4v otherwise.
 
     The writer opens on the first frame, taking its size; ``fps`` should be the input's so that
     frame ``i`` of the output is frame ``i`` of the input. ``flush()`` closes the file (a later
@@ -85,7 +89,7 @@ class VideoFileSink:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.path = Path(path)
         self.fps = fps
-        self.fourcc = fourcc or ("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v")
+        self.fourcc = fourcc or _FOURCC.get(self.path.suffix.lower(), "mp4v")
         self._writer: cv2.VideoWriter | None = None
         self.count = 0
 

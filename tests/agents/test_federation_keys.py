@@ -81,9 +81,9 @@ def test_revoke_and_rotate_in_the_run_directory(tmp_path: Path) -> None:
         federation.revoke_key(root, "n9", at=1.0)
     with pytest.raises(KeyError):
         federation.rotate_node(root, "n1")  # revoked: re-enrol under a new id instead
-    # the ACL plan of the demo's 21 nodes (README): 14 per node, 11 aggregator, 10 reader
+    # the ACL plan of the demo's 21 nodes (README): 16 per node, 16 aggregator, 12 reader
     nodes = [f"node-{i}" for i in range(21)]
-    assert len(acls.federation_acls(nodes, aggregator_app_id="demo-aggregator")) == 315
+    assert len(acls.federation_acls(nodes, aggregator_app_id="demo-aggregator")) == 364
 
 
 def test_workers_take_their_identity_from_the_run_dir_on_a_secured_cluster(
@@ -101,3 +101,15 @@ def test_workers_take_their_identity_from_the_run_dir_on_a_secured_cluster(
     monkeypatch.setenv("EDGEVEIL_APP_ID", "mine")  # the user's own choices win
     monkeypatch.setenv("EDGEVEIL_SSL_CERTFILE", "/elsewhere/n1.crt")
     assert _identity_env(root, "n1", edge_group="edgeveil-n1-edge") == {}
+
+
+def test_the_admin_creates_exactly_the_changelogs_the_aggregator_app_writes() -> None:
+    """On a secured cluster no worker may create topics: the admin's list of the aggregator's
+    changelog topics (agents.topics.changelog_topics) must match the app's real tables."""
+    from agents import aggregator
+    from agents.topics import changelog_topics
+
+    app = aggregator.app
+    real = {t.changelog_topic.get_topic_name(): t.partitions for t in app.tables.values()}
+    planned = {t.name: t.partitions for t in changelog_topics(app.conf.id)}
+    assert real == planned

@@ -28,7 +28,10 @@ def test_camera_counts_people_and_keeps_a_series(tmp_path: Path) -> None:
     rows = list(csv.DictReader(series.open()))
     assert len(rows) == len(intervals) and float(rows[0]["person_mean"]) >= 0
     previews = cam.drain_previews()
-    assert previews and all(p[:3] == b"\xff\xd8\xff" for p in previews)
+    assert previews and all(p.jpeg[:3] == b"\xff\xd8\xff" for p in previews)
+    # the first frame of the stream got an appearance pass: it vouched for people at age 0
+    assert previews[0].seq == 0 and previews[0].vouched["person"] == 0
+    assert all(p.vouched["person"] <= 5 for p in previews)
     assert cam.drain_previews() == []  # drained
 
 

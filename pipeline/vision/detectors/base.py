@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -93,17 +94,26 @@ class Detections:
         ``(N,)`` float32 confidences in ``[0, 1]``.
     classes
         ``(N,)`` int16 :class:`ObjectClass` values.
+    vouched
+        For each class, how many frames ago a detector that works on a *single image* looked for
+        it on this stream (0 = on this very frame). A class that is missing was not looked for by
+        such a detector: a motion model alone never vouches, since it cannot see people who
+        stand still or anyone before it has learned the background. The release gate
+        (:class:`~pipeline.vision.gate.ReleaseGate`) reads this.
 
     Examples
     --------
     >>> d = Detections.from_lists([[0, 0, 10, 10]], [0.9], [ObjectClass.FACE])
     >>> len(d), d.count_by_class()
     (1, {'face': 1})
+    >>> d.vouch([ObjectClass.FACE]).aged(3).vouched[ObjectClass.FACE]
+    3
     """
 
     boxes: npt.NDArray[np.float32]
     scores: npt.NDArray[np.float32]
     classes: npt.NDArray[np.int16]
+    vouched: Mapping[ObjectClass, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -112,6 +122,10 @@ class Detections:
                 f"Detections arrays disagree: boxes {self.boxes.shape}, scores "
                 f"{self.scores.shape}, classes {self.classes.shape}"
             )
+        if any(int(a) < 0 for a in self.vouched.values()):
+            raise ValueError(f"vouched ages must be >= 0, got {dict(self.vouched)}")
+        object.__setattr__(self, "vouched", MappingProxyType(
+            {ObjectClass(c): int(a) for c, a in self.vouched.items()}))
 
     @classmethod
     def empty(cls) -> Detections:
@@ -134,26 +148,49 @@ class Detections:
 
     @classmethod
     def concat(cls, parts: Sequence[Detections]) -> Detections:
-        """All boxes of ``parts``, in order."""
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return cls.empty()
-        return cls(np.concatenate([p.boxes for p in parts]),
-                   np.concatenate([p.scores for p in parts]),
-                   np.concatenate([p.classes for p in parts]))
+        """All boxes of ``parts``, in order; a class is vouched for as freshly as any part did."""
+        vouched: dict[ObjectClass, int] = {}
+        for p in parts:
+            for c, a in p.vouched.items():
+                vouched[c] = min(a, vouched.get(c, a))
+        boxed = [p for p in parts if len(p)]
+        if not boxed:
+            return cls.empty().vouch_ages(vouched)
+        return cls(np.concatenate([p.boxes for p in boxed]),
+                   np.concatenate([p.scores for p in boxed]),
+                   np.concatenate([p.classes for p in boxed]), vouched)
+
+    def vouch(self, classes: Iterable[ObjectClass], age: int = 0) -> Detections:
+        """The same boxes, vouched for ``classes`` ``age`` frames ago (kept if fresher)."""
+        ages = dict(self.vouched)
+        for c in classes:
+            ages[c] = min(age, ages.get(c, age))
+        return self.vouch_ages(ages)
+
+    def vouch_ages(self, ages: Mapping[ObjectClass, int]) -> Detections:
+        """The same boxes with ``vouched`` replaced by ``ages``."""
+        return Detections(self.boxes, self.scores, self.classes, ages)
+
+    def aged(self, frames: int) -> Detections:
+        """The same boxes carried ``frames`` frames forward: every vouch is that much older."""
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames}")
+        return self.vouch_ages({c: a + frames for c, a in self.vouched.items()})
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
     def select(self, classes: Iterable[ObjectClass]) -> Detections:
         """Only the boxes whose class is in ``classes``."""
-        keep = np.isin(self.classes, np.asarray([int(c) for c in classes], np.int16))
-        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+        wanted = {ObjectClass(c) for c in classes}
+        keep = np.isin(self.classes, np.asarray([int(c) for c in wanted], np.int16))
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep],
+                          {c: a for c, a in self.vouched.items() if c in wanted})
 
     def scaled(self, sx: float, sy: float) -> Detections:
         """Boxes multiplied by ``(sx, sy)`` (e.g. from a downscaled frame back to full size)."""
         k = np.asarray([sx, sy, sx, sy], np.float32)
-        return Detections(self.boxes * k, self.scores.copy(), self.classes.copy())
+        return Detections(self.boxes * k, self.scores.copy(), self.classes.copy(), self.vouched)
 
     def count_by_class(self) -> dict[str, int]:
         """``{"face": 2, ...}`` for the classes present."""

@@ -201,4 +201,5 @@ class CenterFaceDetector:
         """Face boxes in ``frame`` (BGR in, converted to RGB for the model)."""
         rgb = np.asarray(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), np.uint8)
         dets = self.raw(rgb)
-        return Detections.from_lists(dets[:, :4], dets[:, 4], ObjectClass.FACE)
+        return Detections.from_lists(dets[:, :4], dets[:, 4], ObjectClass.FACE).vouch(
+            (ObjectClass.FACE,))

@@ -183,6 +183,7 @@ class MotionPeopleDetector:
         self._close = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 9))
         self._tracks: list[_Track] = []
         self._n = 0
+        self.last_blobs: npt.NDArray[np.float32] = np.zeros((0, 4), np.float32)
 
     def reset(self) -> None:
         """Forget the background model and tracks (e.g. after the camera moved)."""
@@ -249,11 +250,19 @@ class MotionPeopleDetector:
                 t.box = (t.box + np.tile(t.velocity, 2)).astype(np.float32)
         self._tracks = [t for t in tracks if n - t.last_seen <= self.hold_frames]
 
-    def detect_image(self, image: npt.NDArray[np.uint8]) -> Detections:
-        """Person + head boxes for the next image of the stream."""
+    def detect_image(self, image: npt.NDArray[np.uint8], *, update: bool = True) -> Detections:
+        """Person + head boxes for the next image of the stream.
+
+        ``update=False`` skips the background model on this image (to save time on a busy
+        stream): the tracks coast on their velocity and no new blob is found.
+        """
         h, w = image.shape[:2]
-        boxes = self._blobs(self.foreground(image), (h, w))
-        if self.hog is not None and self.hog_every and self._n % self.hog_every == 0:
+        if update:
+            boxes = self._blobs(self.foreground(image), (h, w))
+        else:
+            boxes = np.zeros((0, 4), np.float32)
+        self.last_blobs = boxes
+        if update and self.hog is not None and self.hog_every and self._n % self.hog_every == 0:
             extra = self.hog.detect_image(image)
             if len(extra):
                 boxes = np.concatenate([boxes, extra.boxes]) if len(boxes) else extra.boxes

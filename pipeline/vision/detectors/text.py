@@ -102,11 +102,11 @@ class TextDetector:
             boxes.append([x - d, y - d, x + w + d, y + h + d])
             scores.append(score)
         if not boxes:
-            return Detections.empty()
+            return Detections.empty().vouch((ObjectClass.TEXT,))
         b = np.asarray(boxes, np.float32)
         b[:, 0::2] = np.clip(b[:, 0::2] * (w0 / w_in), 0, w0)
         b[:, 1::2] = np.clip(b[:, 1::2] * (h0 / h_in), 0, h0)
-        return Detections.from_lists(b, scores, ObjectClass.TEXT)
+        return Detections.from_lists(b, scores, ObjectClass.TEXT).vouch((ObjectClass.TEXT,))
 
     def __call__(self, frame: Frame) -> Detections:
         """Text boxes in ``frame``."""

@@ -22,8 +22,6 @@ from pipeline.vision import (
 )
 from pipeline.vision.evaluation import (
     changed_mask,
-    far_from_people_mask,
-    load_head_annotations,
 )
 
 from .conftest import DATA
@@ -76,18 +74,21 @@ def test_full_anonymization_removes_detail(messi: np.ndarray) -> None:
 
 
 def test_vtest_background_away_from_people_unchanged(vtest_frames: list[np.ndarray]) -> None:
-    heads = load_head_annotations(DATA / "vtest_heads.json").frames[110]
+    """Away from every hand-annotated person (box + 25 % + 4 px), at least 90 % of the pixels
+    are left untouched on each annotated frame of the first 113 (warm-up included)."""
+    from pipeline.vision.evaluation import load_people_annotations, near_people_mask
+
+    ann = load_people_annotations(DATA / "vtest_people.json")
     cls = parse_classes("person,head")
     det = default_detector(cls)
     pol = default_policy(AnonymizeMode.BLUR, cls)
-    out = None
-    for i, img in enumerate(vtest_frames[:111]):
+    kept = []
+    for i, img in enumerate(vtest_frames[:113]):
         f = Frame(img, seq=i, timestamp=i / 10)
         d = det(f)
-        if i == 110:
-            out = anonymize(f, d, pol)
-    assert out is not None
-    far = far_from_people_mask((576, 768), heads)
-    changed = changed_mask(vtest_frames[110], out.image)
-    assert far.mean() > 0.7
-    assert (changed & far).sum() / far.sum() < 0.03
+        if i in ann.frames:
+            far = ~near_people_mask((576, 768), ann.frames[i])
+            changed = changed_mask(img, anonymize(f, d, pol).image)
+            kept.append(1 - (changed & far).sum() / far.sum())
+    assert len(kept) >= 8
+    assert min(kept) >= 0.9 and float(np.mean(kept)) >= 0.93, kept

@@ -48,7 +48,10 @@ def test_image_and_bad_input(tmp_path: Path) -> None:
     res = CliRunner().invoke(_app(), ["anonymize", str(locate("messi5.jpg")), "-o", str(out),
                                       "--mode", "solid", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert _summary(res.stdout)["detections"] == {"face": 1} and out.is_file()
+    det = _summary(res.stdout)["detections"]
+    # Messi's face (CenterFace) and Messi himself (NanoDet; plus spectators at the edges)
+    assert det["face"] == 1 and det["person"] >= 1 and det["head"] == det["person"]
+    assert out.is_file()
     res = CliRunner().invoke(_app(), ["anonymize", str(tmp_path / "none.avi"), "-o",
                                       str(tmp_path / "x.avi")])
     assert res.exit_code == 2 and "no such file" in res.output
