@@ -89,13 +89,16 @@ class _Runtime:
     def __init__(self) -> None:
         import numpy as np
 
+        from agents.app import settings
         from pipeline.global_model import decode_global_model
         from pipeline.strategies import make_strategy
 
         self.root = federation.run_dir()
         self.cfg = federation.load_config(self.root)
-        self.private_key, self.public_key = federation.aggregator_keys(self.root)
+        self.private_key, self.public_key = federation.aggregator_keys(
+            self.root, passphrase=settings.passphrase())
         self.keys = federation.registry(self.root)
+        self.registry_stamp = _stamp(federation.registry_path(self.root))
         self.initial_weights, self.export, self.export_is_cheap = _task_model(self.cfg)
         expected = {k: (tuple(v.shape), "float32") for k, v in self.initial_weights.items()}
         self.coordinator = RoundCoordinator(
@@ -112,6 +115,8 @@ class _Runtime:
         self.pending: dict[str, bytes] = {}
         # references admitted in the current batch, written as one chunk when it ends
         self.unflushed: dict[str, UpdateRef] = {}
+        # where each update of the open round sits (to send it to the DLQ if its node is revoked)
+        self.refs: dict[str, UpdateRef] = {}
         # chunk key -> the update keys it references (the open round's chunks in ref_table)
         self.chunks: dict[str, list[str]] = {}
         self.lock = asyncio.Lock()
@@ -131,6 +136,14 @@ class _Runtime:
 
 
 _rt: _Runtime | None = None
+
+
+def _stamp(path: Any) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _runtime() -> _Runtime:
@@ -215,6 +228,7 @@ async def _load_state(rt: _Runtime) -> None:
     for key in coord.resume(stored, now=time.time()):
         stored.pop(key, None)
     rt.pending = {k: v for k, v in stored.items() if k in coord.buffer}
+    rt.refs = {k: refs[k] for k in coord.buffer if k in refs}
     opened = state_table.get(_opened_key(rt.cfg.task))
     if coord.buffer and isinstance(opened, dict) and opened.get("version") == coord.version:
         coord.opened_at = float(opened["opened_at"])  # the deadline counts from the real opening
@@ -335,6 +349,7 @@ async def _close_round(rt: _Runtime) -> None:
     state_table[rt.cfg.task] = coord.state_dict()
     for key in done:
         rt.pending.pop(key, None)
+        rt.refs.pop(key, None)
         rt.unflushed.pop(key, None)  # aggregated before its batch ended: `recent` covers it
     for chunk, keys in list(rt.chunks.items()):
         if not any(k in coord.buffer for k in keys):
@@ -445,7 +460,7 @@ async def _admit_batch(rt: _Runtime, events: list[Any]) -> None:
             continue
         # no await between the metadata check (batch start, or after the last await) and here
         rt.pending[offer.key] = data
-        rt.unflushed[offer.key] = UpdateRef(
+        rt.unflushed[offer.key] = rt.refs[offer.key] = UpdateRef(
             topic=msg.topic, partition=msg.partition, offset=msg.offset,
             sha256=coord.buffer[offer.key], size=len(data))
         if len(coord.buffer) == 1:
@@ -502,10 +517,60 @@ async def tick() -> None:
             log.exception("aggregator tick failed; retrying in 1 s")
 
 
+async def _reload_registry(rt: _Runtime) -> None:
+    """Take a changed ``keys/registry.json`` (rotation, ``edgeveil federation revoke``) without a
+    restart; the open round's updates of a revoked node go to the DLQ with reason ``revoked``."""
+    stamp = _stamp(federation.registry_path(rt.root))
+    if stamp is None or stamp == rt.registry_stamp:
+        return
+    try:
+        fresh = await asyncio.to_thread(federation.registry, rt.root)
+    except (OSError, ValueError) as err:  # e.g. caught mid-write: the next tick reads it again
+        log.warning("key registry %s unreadable (%s); keeping the old one",
+                    federation.registry_path(rt.root), err)
+        return
+    rt.registry_stamp = stamp
+    revoked_before = set(rt.keys.revoked)
+    added, removed = rt.keys.sync_from(fresh)
+    newly = sorted(set(rt.keys.revoked) - revoked_before)
+    log.info("key registry reloaded: %d keys (new or rotated: %s; removed: %s; revoked: %s)",
+             len(rt.keys), added or "-", removed or "-", newly or "-")
+    for node in newly:
+        for key in rt.coordinator.drop_node(node):
+            data = rt.pending.pop(key, None)
+            ref = rt.refs.pop(key, None)
+            rt.unflushed.pop(key, None)
+            entry = DlqEntry(reason="revoked", detail=f"node {node!r} was revoked while this "
+                             "update waited in the open round", source_topic=UPDATES.name,
+                             partition=ref.partition if ref else -1,
+                             offset=ref.offset if ref else -1, agent="aggregator")
+            await dlq_topic.send(key=node.encode(), value=data or b"", headers=entry.to_headers())
+            log.warning("revoked %s: its update %s left the open round for the DLQ", node, key)
+
+
+@app.timer(interval=1.0)
+async def watch_registry() -> None:
+    """Re-read the key registry when its file changes (revocation and rotation take effect
+    within a second, without a restart)."""
+    if _rt is None or not _ready():
+        return
+    rt = _rt
+    async with rt.lock:
+        try:
+            await _reload_registry(rt)
+        except Exception:  # a timer that raises would stop the worker; retry next tick
+            log.exception("reloading the key registry failed; retrying in 1 s")
+
+
 @app.task
 async def _create_topics() -> None:
-    """Create every EdgeVeil topic with its configs (compaction, retention, size limits)."""
+    """Create every EdgeVeil topic with its configs (compaction, retention, size limits).
+
+    Not on a secured cluster: there only the admin creates topics (`edgeveil federation acls`).
+    """
     from agents.app import settings
     from agents.topics import ensure_topics
 
+    if settings.secured:
+        return
     await asyncio.to_thread(ensure_topics, settings, FEDERATION_TOPICS)

@@ -21,24 +21,15 @@ settings: Settings = load_settings()
 
 
 def _credentials(s: Settings) -> SASLCredentials | SSLCredentials | None:
+    """faust's credentials from the settings: the same TLS context kafka-python clients get
+    (Settings.ssl_context: CA, client certificate, key permissions and passphrase checked)."""
     if s.security_protocol.startswith("SASL"):
-        ssl_context = None
-        if s.security_protocol == "SASL_SSL":
-            from aiokafka.helpers import create_ssl_context
-
-            ssl_context = create_ssl_context(
-                cafile=s.ssl_cafile, certfile=s.ssl_certfile, keyfile=s.ssl_keyfile
-            )
         return SASLCredentials(
             username=s.sasl_username, password=s.sasl_password,
-            mechanism=s.sasl_mechanism or "PLAIN", ssl_context=ssl_context,
+            mechanism=s.sasl_mechanism or "PLAIN", ssl_context=s.ssl_context(),
         )
     if s.security_protocol == "SSL":
-        from aiokafka.helpers import create_ssl_context
-
-        return SSLCredentials(
-            create_ssl_context(cafile=s.ssl_cafile, certfile=s.ssl_certfile, keyfile=s.ssl_keyfile)
-        )
+        return SSLCredentials(s.ssl_context())
     return None
 
 
@@ -78,6 +69,11 @@ def make_app(role: str, *, autodiscover: list[str] | None = None, s: Settings | 
         web_tables_enabled=False,
         web_router_enabled=False,
         datadir=f"{s.data_dir}/{app_id}",
+        # on a secured cluster only the admin creates topics (`edgeveil federation acls` makes
+        # every topic, the changelogs included): the workers declare none, and the leader topic,
+        # which no agent here uses, is not needed
+        topic_allow_declare=not s.secured,
+        topic_disable_leader=s.secured,
     )
 
 

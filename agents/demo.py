@@ -58,12 +58,15 @@ class DemoState:
 
 def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, epsilon: float = 2.0,
              edge_workers: int = 2, camera: Path | None = None, timeout_s: float = 540.0,
-             bootstrap_servers: str | None = None, web_port: int = 6066,
+             bootstrap_servers: str | None = None, secure: bool = False, web_port: int = 6066,
              console: Console | None = None) -> dict[str, Any]:
     """Run the federated demo end to end; returns the summary written to ``out/summary.json``.
 
     ``bootstrap_servers`` runs against an existing broker (its topics must be fresh) instead of
-    starting a local one. The aggregator serves the fleet page on ``web_port`` (another free
+    starting a local one. ``secure`` starts the local broker with mutual TLS and ACLs
+    (:class:`agents.kafka_harness.BrokerSecurity`): the admin creates the topics and ACLs, the
+    aggregator and each edge worker connect with their own certificate, and the live table reads
+    as the read-only ``reader``. The aggregator serves the fleet page on ``web_port`` (another free
     port when that one is taken); its URL is printed and kept in the summary (``fleet_url``).
     """
     from kafka import KafkaConsumer
@@ -88,20 +91,44 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
         min_quorum=max(1, len(node_ids) // 2), deadline_s=180.0, rounds=rounds,
         epsilon=epsilon, nodes=node_ids)
     federation.init_run_dir(run_root, cfg)
-    _, agg_pub = federation.aggregator_keys(run_root)
+    agg_pub = federation.aggregator_public_key(run_root)
     naive = task.seasonal_naive(split="test")["mae"]
 
     state = DemoState()
     workers: list[FaustWorker] = []
-    broker = _ExistingBroker(bootstrap_servers, out_dir) if bootstrap_servers else LocalKafka()
+    if secure and bootstrap_servers:
+        raise ValueError("secure=True starts its own secured broker; it cannot use an existing one")
+    security = None
+    if secure:
+        from agents.kafka_harness import BrokerSecurity
+
+        security = BrokerSecurity(broker=federation.tls_identity(run_root, federation.BROKER),
+                                  admin=federation.tls_identity(run_root, federation.ADMIN))
+    broker = (_ExistingBroker(bootstrap_servers, out_dir) if bootstrap_servers
+              else LocalKafka(security=security))
+    t_setup = time.monotonic()
     with broker as kafka:
-        con.print(f"[bold]2.[/] Kafka up at {kafka.bootstrap_servers} "
+        kind = " (mutual TLS, ACLs)" if secure else ""
+        con.print(f"[bold]2.[/] Kafka{kind} up at {kafka.bootstrap_servers} "
                   f"({time.monotonic() - t_start:.0f}s)")
-        settings = load_settings(bootstrap_servers=kafka.bootstrap_servers)
-        ensure_topics(settings, FEDERATION_TOPICS)
+        base = load_settings(bootstrap_servers=kafka.bootstrap_servers)
         env = {"EDGEVEIL_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                "EDGEVEIL_RUN_DIR": str(run_root.resolve()),
                "EDGEVEIL_DATA_DIR": str(kafka.data_dir / "faust")}
+        if secure:
+            from agents import acls
+
+            admin = federation.client_settings(run_root, federation.ADMIN, base=base)
+            done = acls.setup_federation(admin, node_ids, aggregator_app_id="demo-aggregator")
+            con.print(f"   as admin: {len(done['topics_created'])} topics, {done['acls']} ACLs")
+            settings = federation.client_settings(run_root, federation.READER, base=base)
+        else:
+            settings = base
+            ensure_topics(settings, FEDERATION_TOPICS)
+
+        def identity(party: str) -> dict[str, str]:
+            return federation.client_env(run_root, party) if secure else {}
+
         logs = out_dir / "logs"
         logs.mkdir(exist_ok=True)
         port = _free_port(web_port)
@@ -109,11 +136,15 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
         workers.append(FaustWorker("agents.aggregator", log_file=logs / "aggregator.log",
                                    env={**env, "EDGEVEIL_APP_ID": "demo-aggregator",
                                         "EDGEVEIL_WEB_PORT": str(port),
-                                        "EDGEVEIL_WEB_BIND": "127.0.0.1"}, web=True))
+                                        "EDGEVEIL_WEB_BIND": "127.0.0.1",
+                                        **identity(federation.AGGREGATOR)}, web=True))
         bounds = _split(len(node_ids), edge_workers)
         for i, (lo, hi) in enumerate(bounds):
-            wenv = {**env, "EDGEVEIL_APP_ID": f"demo-edge{i + 1}-edge",
-                    "EDGEVEIL_EDGE_NODES": f"{lo}-{hi}"}
+            # secured: a worker simulating several devices connects as its first node
+            first = node_ids[lo - 1]
+            wenv = {**env, "EDGEVEIL_APP_ID": (federation.edge_group(first) if secure
+                                               else f"demo-edge{i + 1}-edge"),
+                    "EDGEVEIL_EDGE_NODES": f"{lo}-{hi}", **identity(first)}
             if camera is not None and i == 0:
                 wenv["EDGEVEIL_CAMERA"] = str(camera)
                 wenv["EDGEVEIL_CAMERA_NODE"] = node_ids[lo - 1]
@@ -127,8 +158,10 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
                 w.start(wait_ready=False)
             for w in workers:
                 w.wait_ready(240)
+            setup_s = time.monotonic() - t_setup
             con.print(f"[bold]3.[/] aggregator + {edge_workers} edge workers ready "
-                      f"({time.monotonic() - t_start:.0f}s); rounds start")
+                      f"({time.monotonic() - t_start:.0f}s; broker, topics"
+                      f"{', ACLs' if secure else ''} and workers in {setup_s:.1f}s); rounds start")
             con.print(f"   fleet page: [link={state.fleet_url}]{state.fleet_url}[/link] "
                       f"(also /fleet.json, /metrics) while the demo runs", soft_wrap=True)
             deadline = time.monotonic() + timeout_s
@@ -169,6 +202,8 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
     elapsed = time.monotonic() - t_start
     summary = _summary(state, rounds=rounds, naive=naive, elapsed=elapsed, nodes=node_ids,
                        epsilon=epsilon)
+    summary["secure"] = secure
+    summary["setup_seconds"] = round(setup_s, 1)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     report = write_report(out_dir / "report.html", state, summary, nodes=node_ids)
     ok = summary["completed_rounds"] == rounds

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import federation
-from agents.app import make_app
+from agents.app import make_app, settings
 from agents.topics import ANALYTICS, CONTROL, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
 from pipeline.codec import CodecError
 from pipeline.serving import EdgeModels
@@ -107,7 +107,8 @@ class _Edge:
         torch.set_num_threads(1)
         self.root = federation.run_dir()
         self.cfg = federation.load_config(self.root)
-        _, self.aggregator_pub = federation.aggregator_keys(self.root)
+        self.aggregator_pub = federation.aggregator_public_key(self.root)
+        passphrase = settings.passphrase()
         self.node_ids = select_nodes(os.environ.get("EDGEVEIL_EDGE_NODES", "all"), self.cfg.nodes)
         self.task = get_task(self.cfg.task, **self.cfg.task_kwargs)
         self.nodes: dict[str, Any] = {}
@@ -126,7 +127,8 @@ class _Edge:
                                         delta=self.cfg.delta)
             index = self.cfg.nodes.index(node_id)
             node = EdgeNode(
-                node_id=node_id, task=self.task, private_key=federation.node_key(self.root, node_id),
+                node_id=node_id, task=self.task, private_key=federation.node_key(self.root, node_id,
+                                                                        passphrase=passphrase),
                 ledger=ledger, noise_multiplier=1.0, compression=self.cfg.compression,
                 seed=self.cfg.seed, index=index, batch_size=batches[index],
                 train_config=self.train_config)

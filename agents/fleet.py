@@ -121,7 +121,7 @@ class Fleet:
         """Built when the worker starts: the federation config and the model authority's key."""
         root = federation.run_dir()
         self.cfg = federation.load_config(root)
-        _, self.public_key = federation.aggregator_keys(root)
+        self.public_key = federation.aggregator_public_key(root)
         log.info("fleet page on http://%s:%d/fleet (also /fleet.json, /metrics)",
                  self.app.conf.web_bind, self.app.conf.web_port)
 

@@ -31,14 +31,16 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.settings import MAX_MESSAGE_BYTES, cache_dir
+from agents.settings import MAX_MESSAGE_BYTES, Settings, cache_dir, load_settings
+from pipeline.identity import IdentityError, TlsIdentity, check_private_file, write_pkcs12
 
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
+_JVM_TIER = ("-XX:TieredStopAtLevel=1",)
 _POM = Path(__file__).resolve().parent.parent / "compose" / "kafka" / "pom.xml"
 
 _LOG4J2 = """\
@@ -59,6 +61,48 @@ logger.apache.level = {level}
 
 class KafkaHarnessError(RuntimeError):
     """The local broker could not be set up, started or reached; the message says what to do."""
+
+
+#: the authorizer of KRaft clusters (ACLs live in the metadata log)
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+#: certificate subject ``CN=<id>`` (alone or first) -> principal ``User:<id>``
+PRINCIPAL_MAPPING_RULES = "RULE:^CN=([^,]+)(,.*)?$/$1/,DEFAULT"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """How a secured broker authenticates and authorizes (see docs/security.md).
+
+    The client listener is ``SSL`` and requires a client certificate signed by ``broker.ca``
+    (mutual TLS); the certificate's CN is the principal. Brokers and controllers talk to each
+    other over TLS with the same requirement, presenting ``broker`` (whose CN is the admin
+    principal: the only super user). ``StandardAuthorizer`` is on and
+    ``allow.everyone.if.no.acl.found`` is false, so a principal without an ACL can do nothing.
+
+    Parameters
+    ----------
+    broker
+        The brokers' certificate (CN = ``admin``, with ``127.0.0.1``/``localhost`` as names),
+        its key and the CA every party must be signed by.
+    admin
+        The operator's client identity (CN = ``admin``): what the harness probes with and what
+        creates topics and ACLs.
+    key_password
+        Passphrase of the broker's key file when it is encrypted (``ssl.key.password``).
+    scram_users
+        With these, a second listener ``SASL_SSL`` accepts SCRAM-SHA-512 logins (name ->
+        password, created when the storage is formatted) over TLS without a client certificate.
+    """
+
+    broker: TlsIdentity
+    admin: TlsIdentity
+    key_password: str | None = field(default=None, repr=False)
+    scram_users: dict[str, str] = field(default_factory=dict, repr=False)
+    admin_principal: str = "admin"
+
+    @property
+    def sasl(self) -> bool:
+        return bool(self.scram_users)
 
 
 # --------------------------------------------------------------------------- distribution
@@ -136,6 +180,7 @@ class _NodeSpec:
     broker_port: int
     controller_port: int
     data_dir: Path
+    sasl_port: int | None = None
 
 
 class KafkaNode:
@@ -151,8 +196,12 @@ class KafkaNode:
         min_insync: int,
         heap: str = "512m",
         log_level: str = "WARN",
+        security: BrokerSecurity | None = None,
+        optimising_jit: bool | None = None,
     ) -> None:
         self.spec = spec
+        self.security = security
+        self.optimising_jit = optimising_jit
         self.voters = voters
         self.libs = libs
         self.replication_factor = replication_factor
@@ -164,6 +213,10 @@ class KafkaNode:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.spec.broker_port}"
+
+    @property
+    def sasl_address(self) -> str | None:
+        return f"127.0.0.1:{self.spec.sasl_port}" if self.spec.sasl_port else None
 
     @property
     def properties_file(self) -> Path:
@@ -206,10 +259,66 @@ class KafkaNode:
             "log.retention.check.interval.ms": 60_000,
             "unclean.leader.election.enable": "false",
         }
+        if self.security is not None:
+            props.update(self._security_props())
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.properties_file.chmod(0o600)  # may hold the key password
         (s.data_dir / "log4j2.properties").write_text(
             _LOG4J2.format(log=self.log_file, level=self.log_level)
         )
+
+    def _security_props(self) -> dict[str, object]:
+        """Listeners, TLS and authorizer settings of a secured node (BrokerSecurity)."""
+        sec = self.security
+        assert sec is not None
+        s = self.spec
+        if sec.key_password:
+            # an encrypted key: a PKCS#12 keystore under the same passphrase (Java 17 cannot
+            # decrypt PBES2 PKCS#8 in Kafka's PEM keystore)
+            keystore = write_pkcs12(s.data_dir / "keystore.p12", sec.broker,
+                                    passphrase=sec.key_password.encode())
+            store: dict[str, object] = {"ssl.keystore.type": "PKCS12",
+                                        "ssl.keystore.location": keystore,
+                                        "ssl.keystore.password": sec.key_password,
+                                        "ssl.key.password": sec.key_password}
+        else:
+            # the key and certificate in one PEM file: Kafka's PEM keystore
+            # (ssl.keystore.type=PEM) reads both from ssl.keystore.location
+            check_private_file(sec.broker.key)
+            keystore = s.data_dir / "keystore.pem"
+            keystore.touch(mode=0o600)
+            keystore.write_bytes(sec.broker.key.read_bytes() + sec.broker.cert.read_bytes())
+            store = {"ssl.keystore.type": "PEM", "ssl.keystore.location": keystore}
+        listeners = [f"SSL://127.0.0.1:{s.broker_port}", f"CONTROLLER://127.0.0.1:{s.controller_port}"]
+        advertised = [f"SSL://127.0.0.1:{s.broker_port}"]
+        protocols = "CONTROLLER:SSL,SSL:SSL"
+        props: dict[str, object] = {
+            **store,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": sec.broker.ca,
+            "ssl.client.auth": "required",  # every listener, the controller's included
+            "ssl.principal.mapping.rules": PRINCIPAL_MAPPING_RULES,
+            "inter.broker.listener.name": "SSL",
+            "authorizer.class.name": AUTHORIZER,
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{sec.admin_principal}",
+            "auto.create.topics.enable": "false",
+        }
+        if sec.sasl and s.sasl_port:
+            listeners.append(f"SASL_SSL://127.0.0.1:{s.sasl_port}")
+            advertised.append(f"SASL_SSL://127.0.0.1:{s.sasl_port}")
+            protocols += ",SASL_SSL:SASL_SSL"
+            props.update({
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                # SCRAM authenticates here; a client certificate is not asked for
+                "listener.name.sasl_ssl.ssl.client.auth": "none",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            })
+        props.update({"listeners": ",".join(listeners),
+                      "advertised.listeners": ",".join(advertised),
+                      "listener.security.protocol.map": protocols})
+        return props
 
     def format(self, cluster_id: str) -> None:
         if (self.spec.data_dir / "log" / "meta.properties").exists():
@@ -218,6 +327,9 @@ class KafkaNode:
             "java", "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={self.spec.data_dir / 'log4j2.properties'}",
             "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.properties_file),
         ]
+        if self.security is not None:
+            for name, password in self.security.scram_users.items():
+                cmd += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise KafkaHarnessError(f"formatting KRaft storage failed:\n{proc.stdout}{proc.stderr}")
@@ -227,7 +339,7 @@ class KafkaNode:
             return
         cmd = [
             "java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
-            "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+            *self._jit_flags(), "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.spec.data_dir / 'log4j2.properties'}",
             "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.properties_file),
         ]
@@ -235,6 +347,12 @@ class KafkaNode:
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         (self.spec.data_dir / "pid").write_text(str(self.proc.pid))
+
+    def _jit_flags(self) -> list[str]:
+        """C1 only (``TieredStopAtLevel=1``) starts a plaintext broker faster; a TLS broker keeps
+        the optimising compiler, without which encrypting every fetch is several times slower."""
+        full = self.security is not None if self.optimising_jit is None else self.optimising_jit
+        return [] if full else list(_JVM_TIER)
 
     @property
     def running(self) -> bool:
@@ -280,6 +398,13 @@ class KafkaCluster:
     data_dir
         Where node data goes; a fresh folder under the cache by default. Pass an existing one to
         reuse a broker's data across runs.
+    security
+        Secure the cluster (mutual TLS, ACLs; see :class:`BrokerSecurity`). ``None``: the
+        plaintext broker of development.
+    optimising_jit
+        Run the JVM with its optimising compiler (C2). Default: on for a secured cluster (TLS
+        is several times slower without it), off for plaintext (C1 only starts faster).
+        Benchmarks comparing the two pass ``True`` for both.
     """
 
     def __init__(
@@ -290,6 +415,8 @@ class KafkaCluster:
         version: str = KAFKA_VERSION,
         heap: str = "512m",
         log_level: str = "WARN",
+        security: BrokerSecurity | None = None,
+        optimising_jit: bool | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("size must be >= 1")
@@ -302,16 +429,40 @@ class KafkaCluster:
         self.min_insync = 2 if size >= 3 else 1
         self.heap = heap
         self.log_level = log_level
+        self.security = security
+        self.optimising_jit = optimising_jit
         self.nodes: list[KafkaNode] = []
 
     @property
     def bootstrap_servers(self) -> str:
+        """The client listeners (``SSL`` ones on a secured cluster)."""
         return ",".join(n.address for n in self.nodes)
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        """The ``SASL_SSL`` (SCRAM-SHA-512) listeners, when ``security.scram_users`` is set."""
+        addresses = [a for n in self.nodes if (a := n.sasl_address)]
+        return ",".join(addresses) or None
+
+    def settings(self, identity: TlsIdentity | None = None, **overrides: object) -> Settings:
+        """Client :class:`~agents.settings.Settings` for this cluster: plaintext, or mutual TLS
+        as ``identity`` (default: the admin identity of ``security``)."""
+        values: dict[str, object] = {"bootstrap_servers": self.bootstrap_servers,
+                                     "replication_factor": self.replication_factor}
+        if self.security is not None:
+            ident = identity or self.security.admin
+            values.update(security_protocol="SSL", ssl_cafile=str(ident.ca),
+                          ssl_certfile=str(ident.cert), ssl_keyfile=str(ident.key),
+                          key_passphrase=self.security.key_password)
+        values.update(overrides)
+        return load_settings(**values)
 
     def start(self, timeout: float = 90.0) -> KafkaCluster:
         libs = ensure_jars(self.version)
+        sasl = self.security is not None and self.security.sasl
         specs = [
-            _NodeSpec(i + 1, free_port(), free_port(), self.data_dir / f"node{i + 1}")
+            _NodeSpec(i + 1, free_port(), free_port(), self.data_dir / f"node{i + 1}",
+                      sasl_port=free_port() if sasl else None)
             for i in range(self.size)
         ]
         voters = ",".join(f"{s.node_id}@127.0.0.1:{s.controller_port}" for s in specs)
@@ -320,6 +471,7 @@ class KafkaCluster:
             KafkaNode(
                 s, voters=voters, libs=libs, replication_factor=self.replication_factor,
                 min_insync=self.min_insync, heap=self.heap, log_level=self.log_level,
+                security=self.security, optimising_jit=self.optimising_jit,
             )
             for s in specs
         ]
@@ -350,8 +502,10 @@ class KafkaCluster:
                     f"{n.tail_log()}"
                 )
             try:
-                if metadata_broker_count(self.bootstrap_servers) >= want:
+                if metadata_broker_count(self.bootstrap_servers, settings=self._probe_settings()) >= want:
                     return
+            except IdentityError:  # our own key cannot be used: no point in retrying
+                raise
             except Exception as exc:  # noqa: BLE001 - retried until the deadline
                 last = exc
             time.sleep(0.5)
@@ -359,6 +513,9 @@ class KafkaCluster:
             f"Kafka at {self.bootstrap_servers} did not answer metadata with {want} broker(s) within "
             f"{timeout:.0f}s (last error: {last}).\n{self.nodes[0].tail_log()}"
         )
+
+    def _probe_settings(self) -> Settings | None:
+        return self.settings() if self.security is not None else None
 
     def kill(self, index: int) -> None:
         """SIGKILL node ``index`` (0-based)."""
@@ -412,18 +569,23 @@ class KafkaCluster:
 
 
 class LocalKafka(KafkaCluster):
-    """A single-node broker on a free loopback port."""
+    """A single-node broker on a free loopback port (``security=`` secures it)."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(1, **kwargs)  # type: ignore[arg-type]
 
 
-def metadata_broker_count(bootstrap_servers: str, timeout_ms: int = 3000) -> int:
-    """Number of brokers a metadata request to ``bootstrap_servers`` lists (raises if none answer)."""
+def metadata_broker_count(bootstrap_servers: str, timeout_ms: int = 3000, *,
+                          settings: Settings | None = None) -> int:
+    """Number of brokers a metadata request to ``bootstrap_servers`` lists (raises if none answer).
+
+    ``settings`` supplies the security of a secured broker (TLS identity, SASL).
+    """
     from kafka import KafkaAdminClient
 
+    security = settings.kafka_python_security() if settings is not None else {}
     with _quiet_kafka_logs():
-        return _broker_count(KafkaAdminClient, bootstrap_servers, timeout_ms)
+        return _broker_count(KafkaAdminClient, bootstrap_servers, timeout_ms, **security)
 
 
 @contextlib.contextmanager
@@ -439,11 +601,13 @@ def _quiet_kafka_logs() -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _broker_count(client: type, bootstrap_servers: str, timeout_ms: int) -> int:
+def _broker_count(client: type, bootstrap_servers: str, timeout_ms: int,
+                  **security: object) -> int:
     admin = client(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=timeout_ms,
         client_id="edgeveil-probe",
+        **security,
     )
     try:
         info = admin.describe_cluster()
@@ -459,11 +623,13 @@ def _daemon_dir() -> Path:
     return cache_dir() / "run" / "daemon"
 
 
-def daemon_up(*, port: int | None = None, timeout: float = 90.0) -> dict[str, object]:
+def daemon_up(*, port: int | None = None, timeout: float = 90.0,
+              security: BrokerSecurity | None = None) -> dict[str, object]:
     """Start (or find running) the persistent single-node broker used by `edgeveil kafka up`.
 
     The broker keeps running after this process exits; :func:`daemon_down` stops it. Its data stays
-    under ``$EDGEVEIL_CACHE/run/daemon`` across restarts.
+    under ``$EDGEVEIL_CACHE/run/daemon`` across restarts. With ``security`` it is a secured
+    broker (mutual TLS, ACLs); the admin identity is remembered so `status` can probe it.
     """
     status = daemon_status()
     if status.get("running"):
@@ -477,9 +643,10 @@ def daemon_up(*, port: int | None = None, timeout: float = 90.0) -> dict[str, ob
         ports = {"broker": port or 9092, "controller": free_port(), "cluster_id": _cluster_id()}
     if port and ports["broker"] != port:
         ports["broker"] = port
+    ports["security"] = _security_state(security)
     spec = _NodeSpec(1, int(ports["broker"]), int(ports["controller"]), d / "node1")
     node = KafkaNode(spec, voters=f"1@127.0.0.1:{spec.controller_port}", libs=libs,
-                     replication_factor=1, min_insync=1)
+                     replication_factor=1, min_insync=1, security=security)
     if _port_in_use(spec.broker_port):
         raise KafkaHarnessError(
             f"port {spec.broker_port} is in use by another program; pass --port to pick another"
@@ -494,12 +661,32 @@ def daemon_up(*, port: int | None = None, timeout: float = 90.0) -> dict[str, ob
         if not node.running:
             raise KafkaHarnessError(f"broker exited during start:\n{node.tail_log()}")
         try:
-            if metadata_broker_count(node.address) >= 1:
+            if metadata_broker_count(node.address, settings=_daemon_settings(ports)) >= 1:
                 return daemon_status()
+        except IdentityError:
+            node.stop()
+            raise
         except Exception:  # noqa: BLE001
             time.sleep(0.5)
     node.stop()
     raise KafkaHarnessError(f"broker did not answer within {timeout:.0f}s:\n{node.tail_log()}")
+
+
+def _security_state(security: BrokerSecurity | None) -> dict[str, str] | None:
+    """What `kafka status` needs to probe a secured daemon: the admin's files (no secrets)."""
+    if security is None:
+        return None
+    a = security.admin
+    return {"ca": str(a.ca), "cert": str(a.cert), "key": str(a.key)}
+
+
+def _daemon_settings(ports: dict[str, object]) -> Settings | None:
+    sec = ports.get("security")
+    if not isinstance(sec, dict):
+        return None
+    return load_settings(bootstrap_servers=f"127.0.0.1:{ports['broker']}",
+                         security_protocol="SSL", ssl_cafile=sec["ca"], ssl_certfile=sec["cert"],
+                         ssl_keyfile=sec["key"])
 
 
 def _port_in_use(port: int) -> bool:
@@ -535,11 +722,11 @@ def daemon_status() -> dict[str, object]:
     answers = False
     if alive:
         try:
-            answers = metadata_broker_count(address) >= 1
+            answers = metadata_broker_count(address, settings=_daemon_settings(ports)) >= 1
         except Exception:  # noqa: BLE001
             answers = False
     return {"running": alive, "answers": answers, "pid": pid, "bootstrap_servers": address,
-            "data_dir": str(d)}
+            "data_dir": str(d), "secure": bool(ports.get("security"))}
 
 
 def daemon_down(timeout: float = 30.0) -> bool:

@@ -12,6 +12,7 @@ replica fetcher and the consumer alike. One number, :data:`MAX_MESSAGE_BYTES`, d
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -35,6 +36,9 @@ class Settings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    #: passphrase of encrypted private keys (TLS and Ed25519), or a 0600 file holding it
+    key_passphrase: str | None = field(default=None, repr=False)
+    key_passphrase_file: str | None = None
     max_message_bytes: int = MAX_MESSAGE_BYTES
     topic_partitions: int = 4
     replication_factor: int = 1
@@ -53,8 +57,36 @@ class Settings:
         """The broker URL list in faust's ``kafka://host:port;...`` form."""
         return ";".join(f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(",") if h)
 
+    @property
+    def secured(self) -> bool:
+        """True unless the protocol is PLAINTEXT. On a secured cluster only the admin creates
+        topics (`edgeveil federation acls`); workers declare none."""
+        return self.security_protocol != "PLAINTEXT"
+
+    def passphrase(self) -> bytes | None:
+        """The key passphrase (from ``key_passphrase`` or the 0600 ``key_passphrase_file``)."""
+        from pipeline.identity import read_passphrase
+
+        return read_passphrase(self.key_passphrase, self.key_passphrase_file)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS client context of ``SSL``/``SASL_SSL`` (``None`` otherwise): trusts only
+        ``ssl_cafile``, presents ``ssl_certfile``/``ssl_keyfile`` when set. Key-file permissions
+        and the passphrase are checked here, with clear errors
+        (:class:`pipeline.identity.KeyPermissionError`, ``KeyPassphraseError``)."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        from pipeline.identity import client_ssl_context
+
+        if not self.ssl_cafile:
+            raise ValueError(f"security_protocol {self.security_protocol} needs ssl_cafile "
+                             "(EDGEVEIL_SSL_CAFILE): the CA that signed the broker's certificate")
+        return client_ssl_context(cafile=self.ssl_cafile, certfile=self.ssl_certfile,
+                                  keyfile=self.ssl_keyfile, passphrase=self.passphrase())
+
     def kafka_python_security(self) -> dict[str, Any]:
-        """Security keyword arguments for kafka-python clients (empty for PLAINTEXT)."""
+        """Security keyword arguments for kafka-python clients (the protocol alone for
+        PLAINTEXT)."""
         out: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             out.update(
@@ -62,9 +94,9 @@ class Settings:
                 sasl_plain_username=self.sasl_username,
                 sasl_plain_password=self.sasl_password,
             )
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(self, key):
-                out[key] = getattr(self, key)
+        ctx = self.ssl_context()
+        if ctx is not None:
+            out["ssl_context"] = ctx
         return out
 
     def producer_config(self) -> dict[str, Any]:
@@ -93,10 +125,18 @@ class Settings:
 _ENV_PREFIX = "EDGEVEIL_"
 
 
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
 def _coerce(name: str, raw: Any) -> Any:
     target = {f.name: f.type for f in fields(Settings)}[name]
     if target in ("int", int):
         return int(raw)
+    if name == "security_protocol":
+        value = str(raw).upper()
+        if value not in _PROTOCOLS:
+            raise ValueError(f"security_protocol must be one of {_PROTOCOLS}, got {raw!r}")
+        return value
     if target in ("float", float):
         return float(raw)
     return raw if raw != "" else None
@@ -128,5 +168,6 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env is not None:
             values[name] = _coerce(name, env)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update({k: _coerce(k, v) if k == "security_protocol" else v
+                   for k, v in overrides.items() if v is not None})
     return replace(Settings(), **values)

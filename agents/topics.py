@@ -49,6 +49,29 @@ CONTROL = TopicSpec("edgeveil.control", 1, {
 
 FEDERATION_TOPICS = (UPDATES, MODELS, ANALYTICS, TELEMETRY, DLQ, FRAMES_ANONYMIZED, CONTROL)
 
+#: the aggregator worker's faust tables and their partitions (agents/aggregator.py, and the fleet
+#: page's in agents/fleet.py); on a secured cluster the admin creates their changelog topics,
+#: since no worker may create topics (tests/agents/test_federation_keys.py checks this list
+#: against the tables the app really has)
+AGGREGATOR_TABLES = (
+    ("aggregator-state", UPDATES.partitions), ("aggregator-ref-chunks", UPDATES.partitions),
+    ("aggregator-global", UPDATES.partitions), ("fleet-nodes", 1), ("fleet-updates", 1),
+    ("fleet-versions", 1), ("fleet-counters", 1), ("fleet-rollout", 1),
+)
+
+
+def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
+    """The changelog topics of faust app ``app_id``'s aggregator tables (faust names them
+    ``<app id>-<table>-changelog``; compacted, with the table's partitions).
+
+    Examples
+    --------
+    >>> [t.name for t in changelog_topics("edgeveil-aggregator")][0]
+    'edgeveil-aggregator-aggregator-state-changelog'
+    """
+    return tuple(TopicSpec(f"{app_id}-{table}-changelog", partitions,
+                           {"cleanup.policy": "compact"}) for table, partitions in AGGREGATOR_TABLES)
+
 
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] | list[TopicSpec]) -> list[str]:
     """Create the topics in ``specs`` that do not exist yet; return the names created.

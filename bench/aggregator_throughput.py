@@ -1,6 +1,6 @@
 """Benchmark: throughput of the real faust aggregator worker on ~100k-parameter int8 updates.
 
-Run ``python bench/aggregator_throughput.py [--updates N] [--buffer K]``; prints one JSON object
+Run ``python bench/aggregator_throughput.py [--updates N] [--buffer K] [--secure]``; prints one JSON object
 to stdout (progress on stderr). It starts its own single-node Kafka on loopback, creates the
 topics and a federation run dir (task ``fashion-mnist`` with ``hidden=64``: 105,962 parameters),
 pre-produces ``N`` signed int8 updates to ``edgeveil.updates``, then starts
@@ -41,7 +41,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agents import federation  # noqa: E402
-from agents.kafka_harness import KafkaHarnessError, LocalKafka  # noqa: E402
+from agents.acls import setup_federation  # noqa: E402
+from agents.kafka_harness import BrokerSecurity, KafkaHarnessError, LocalKafka  # noqa: E402
 from agents.settings import Settings, load_settings  # noqa: E402
 from agents.topics import FEDERATION_TOPICS, MODELS, UPDATES, ensure_topics  # noqa: E402
 from agents.workers import FaustWorker  # noqa: E402
@@ -125,7 +126,9 @@ async def _produce(settings: Settings, frames: list[tuple[str, bytes]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                max_request_size=settings.max_message_bytes)
+                                max_request_size=settings.max_message_bytes,
+                                security_protocol=settings.security_protocol,
+                                ssl_context=settings.ssl_context())
     await producer.start()
     try:
         sent = [await producer.send(UPDATES.name, key=node.encode(), value=data)
@@ -168,6 +171,172 @@ def _anchor(root: Path, cfg: federation.FederationConfig, weights: dict[str, np.
     }
 
 
+def _run_worker(args: argparse.Namespace, stack: contextlib.ExitStack, tmp: Path, root: Path,
+                frames: list[tuple[str, bytes]], versions: int, *, secure: bool,
+                jit: bool | None = None) -> tuple[dict[str, object], bool]:
+    """Start a broker (plaintext, or mutual TLS with ACLs), pre-produce the frames, run the
+    aggregator worker over them and read its log: (worker stats, complete)."""
+    label = "secured (mTLS + ACLs)" if secure else "plaintext"
+    app_id = f"bench-{uuid.uuid4().hex[:6]}-aggregator"
+    security = None
+    if secure:
+        security = BrokerSecurity(broker=federation.tls_identity(root, federation.BROKER),
+                                  admin=federation.tls_identity(root, federation.ADMIN))
+    _say(f"starting Kafka, {label}")
+    try:
+        kafka = stack.enter_context(LocalKafka(security=security, optimising_jit=jit))
+    except KafkaHarnessError as err:  # e.g. a cluster id starting with "-": try once more
+        _say(f"Kafka did not start ({str(err).splitlines()[0]}); retrying once")
+        kafka = stack.enter_context(LocalKafka(security=security, optimising_jit=jit))
+    base = load_settings(bootstrap_servers=kafka.bootstrap_servers)
+    if secure:  # the admin makes topics and ACLs; the producer below is the admin too
+        settings = federation.client_settings(root, federation.ADMIN, base=base)
+        setup_federation(settings, federation.load_config(root).nodes, aggregator_app_id=app_id)
+        reader = federation.client_settings(root, federation.READER, base=base)
+        identity = federation.client_env(root, federation.AGGREGATOR)
+    else:
+        settings = reader = base
+        identity = {}
+        ensure_topics(settings, FEDERATION_TOPICS)
+    sizes = [len(f) for _, f in frames]
+
+    from kafka import KafkaConsumer
+
+    t_produce = time.perf_counter()
+    asyncio.run(_produce(settings, frames))
+    _say(f"pre-produced {len(frames)} updates ({sum(sizes) / 1e6:.1f} MB) in "
+         f"{time.perf_counter() - t_produce:.1f} s")
+    if args.warm:  # the broker serves the records once before the clock runs (a warm JVM)
+        t_warm = time.perf_counter()
+        _warm_read(settings, len(frames))
+        _say(f"warm-up read of {len(frames)} updates in {time.perf_counter() - t_warm:.1f} s")
+
+    models = KafkaConsumer(MODELS.name, auto_offset_reset="earliest", consumer_timeout_ms=500,
+                           check_crcs=False, **reader.consumer_config())  # signed models
+    stack.callback(models.close)
+    _, pub = federation.aggregator_keys(root)
+    log_file = tmp / f"worker-{'secure' if secure else 'plain'}.log"
+    if args.worker_log:
+        log_file = args.worker_log.with_name(f"{args.worker_log.stem}-{'secure' if secure else 'plain'}{args.worker_log.suffix}")
+    log_file.unlink(missing_ok=True)
+    env = {"EDGEVEIL_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "EDGEVEIL_RUN_DIR": str(root), "EDGEVEIL_DATA_DIR": str(tmp / "faust"),
+           "EDGEVEIL_APP_ID": app_id, **identity}
+    _say("starting the aggregator worker")
+    worker = FaustWorker("agents.aggregator", env=env, log_file=log_file)
+    stack.callback(worker.stop)
+    worker.start(timeout=90)
+
+    seen: set[int] = set()
+    cpu_samples: list[tuple[float, float]] = []  # (epoch s, worker CPU s)
+    load_samples: list[tuple[float, float]] = []  # (epoch s, 1-minute load average)
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + args.timeout
+    while versions not in seen and time.monotonic() < deadline and worker.running:
+        with contextlib.suppress(OSError, AttributeError):
+            fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu_samples.append((time.time(), (int(fields[11]) + int(fields[12])) / tick))
+        load_samples.append((time.time(), os.getloadavg()[0]))
+        for msg in models:
+            seen.add(decode_global_model(msg.value, public_key=pub).header.version)
+            break
+        _say(f"versions published: {len(seen)} of {versions + 1}")
+    worker.stop()
+
+    batches, closes = _batches(log_file, TASK)
+    batches = [b for b in batches if b["n"] > 0]
+    published = _log_times(log_file, f"published {TASK} v")
+    rejected = len(_log_times(log_file, "rejected update"))
+    published = published[1:]  # v0 is the initial model, published before any update
+    exports = [tuple(map(float, m.groups())) for line in log_file.read_text().splitlines()
+               if f"published {TASK} v" in line and (m := _EXPORT.search(line))][1:]
+    n_admitted = int(sum(b["n"] for b in batches))
+    complete = versions in seen and len(published) >= versions
+    worker_stats: dict[str, object] = {
+        "admitted": n_admitted, "rejected": rejected, "publications": len(published),
+        "complete": complete, "summary_lines": len(batches),
+    }
+    if batches and published:
+        # the clock starts when the first batch began (its log line minus its duration)
+        start = batches[0]["t"] - batches[0]["ms"] / 1e3
+        span = published[-1] - start
+        worker_stats["seconds_first_admit_to_last_publication"] = round(span, 3)
+        worker_stats["updates_per_s"] = round(n_admitted / span, 1) if span > 0 else None
+        # where the time goes: admission (decode, verify, table write) per update, and the
+        # round close (aggregate, ONNX, sign, publish, state) per round, both as the worker
+        # timed them
+        per_update = [b["ms"] / b["n"] for b in batches]
+        worker_stats["ms_per_admission_median"] = round(float(np.median(per_update)), 3)
+        worker_stats["updates_per_summary_line_median"] = float(np.median([b["n"] for b in batches]))
+        worker_stats["ms_round_close_median"] = (
+            round(float(np.median(closes)), 1) if closes else None)
+        if exports:
+            worker_stats["ms_onnx_export_median"] = round(
+                float(np.median([e[0] for e in exports])), 2)
+            worker_stats["ms_publish_median"] = round(
+                float(np.median([e[1] for e in exports])), 2)
+        busy = (sum(b["ms"] for b in batches) + sum(closes)) / 1e3
+        worker_stats["agent_busy_share_of_span"] = round(busy / span, 2) if span > 0 else None
+        cpu = [c for c in cpu_samples if start <= c[0] <= published[-1]]
+        if len(cpu) > 1 and cpu[-1][1] > cpu[0][1]:
+            worker_stats["updates_per_worker_cpu_s"] = round(
+                n_admitted * (cpu[-1][0] - cpu[0][0]) / span / (cpu[-1][1] - cpu[0][1]), 1)
+            worker_stats["worker_cpu_share_of_one_core"] = round(
+                (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]), 2)
+        if len(published) > 1:
+            steady = published[-1] - published[0]
+            worker_stats["steady_updates_per_s_between_publications"] = round(
+                args.buffer * (len(published) - 1) / steady, 1) if steady > 0 else None
+        loads = [la for t, la in load_samples if start <= t <= published[-1]]
+        if loads:
+            worker_stats["loadavg_1m_during_run_max"] = round(max(loads), 2)
+    return worker_stats, complete
+
+
+SECURE_TARGET_RATIO = 0.8
+
+
+def _warm_read(settings: Settings, n: int) -> None:
+    """Read the pre-produced updates once, group-less, as the producer of the bench (the admin
+    on the secured broker: no federation identity may read them but the aggregator)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(UPDATES.name, auto_offset_reset="earliest", consumer_timeout_ms=2000,
+                             check_crcs=False, **settings.consumer_config())
+    try:
+        seen = 0
+        for _ in consumer:
+            seen += 1
+            if seen >= n:
+                break
+    finally:
+        consumer.close()
+
+
+def _secure_report(plain: list[dict[str, object]], secure: list[dict[str, object]] | None,
+                   ) -> dict[str, object]:
+    """The secured runs and their rates as shares of the plaintext run of the same pair."""
+    if secure is None:
+        return {}
+    ratios = []
+    for p_stats, s_stats in zip(plain, secure, strict=True):
+        p, s = p_stats.get("updates_per_s"), s_stats.get("updates_per_s")
+        if isinstance(p, float) and isinstance(s, float) and p:
+            ratios.append(round(s / p, 3))
+    median = float(np.median(ratios)) if ratios else None
+    return {"workers_plaintext": plain, "workers_secure_mtls_acls": secure,
+            "secure_vs_plaintext": {
+                "ratios": ratios, "median_ratio": median, "target": SECURE_TARGET_RATIO,
+                "met": median is not None and median >= SECURE_TARGET_RATIO,
+                "plaintext_updates_per_s": [p.get("updates_per_s") for p in plain],
+                "secure_updates_per_s": [s.get("updates_per_s") for s in secure],
+                "how": ("pairs of runs, each on its own fresh single-node broker, alternating "
+                        "which goes first; both brokers run the optimising JIT (C2) and serve "
+                        "the pre-produced updates once before the worker starts (a warm broker, "
+                        "as in operation); the secured run: mutual TLS on every listener, "
+                        "StandardAuthorizer + ACLs, the worker as User:aggregator")}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=2000, help="updates pre-produced (N)")
@@ -177,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker-log", type=Path, default=None,
                         help="keep the aggregator worker's log here")
+    parser.add_argument("--secure", action="store_true",
+                        help="also run over a secured broker (mutual TLS, ACLs, the aggregator "
+                             "as its own identity) and compare with plaintext; both brokers then "
+                             "run the optimising JIT and serve the updates once before the clock")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="with --secure: this many plaintext/secured pairs, alternating "
+                             "which goes first; the median ratio is reported")
     args = parser.parse_args(argv)
     if args.updates % args.buffer:
         parser.error("--updates must be a multiple of --buffer")
@@ -201,99 +377,24 @@ def main(argv: list[str] | None = None) -> int:
         frames = _frames(root, shapes, nodes, args.updates, args.seed)
         sizes = [len(f) for _, f in frames]
 
-        _say("starting Kafka")
-        try:
-            kafka = stack.enter_context(LocalKafka())
-        except KafkaHarnessError as err:  # e.g. a cluster id starting with "-": try once more
-            _say(f"Kafka did not start ({str(err).splitlines()[0]}); retrying once")
-            kafka = stack.enter_context(LocalKafka())
-        settings = load_settings(bootstrap_servers=kafka.bootstrap_servers)
-        ensure_topics(settings, FEDERATION_TOPICS)
-
-        from kafka import KafkaConsumer
-
-        t_produce = time.perf_counter()
-        asyncio.run(_produce(settings, frames))
-        _say(f"pre-produced {len(frames)} updates ({sum(sizes) / 1e6:.1f} MB) in "
-             f"{time.perf_counter() - t_produce:.1f} s")
-
-        models = KafkaConsumer(MODELS.name, auto_offset_reset="earliest", consumer_timeout_ms=500,
-                               check_crcs=False, **settings.consumer_config())  # signed models
-        stack.callback(models.close)
-        _, pub = federation.aggregator_keys(root)
-        log_file = args.worker_log or tmp / "worker.log"
-        log_file.unlink(missing_ok=True)
-        env = {"EDGEVEIL_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-               "EDGEVEIL_RUN_DIR": str(root), "EDGEVEIL_DATA_DIR": str(tmp / "faust"),
-               "EDGEVEIL_APP_ID": f"bench-{uuid.uuid4().hex[:6]}-aggregator"}
-        _say("starting the aggregator worker")
-        worker = FaustWorker("agents.aggregator", env=env, log_file=log_file)
-        stack.callback(worker.stop)
-        worker.start(timeout=90)
-
-        seen: set[int] = set()
-        cpu_samples: list[tuple[float, float]] = []  # (epoch s, worker CPU s)
-        load_samples: list[tuple[float, float]] = []  # (epoch s, 1-minute load average)
-        tick = os.sysconf("SC_CLK_TCK")
-        deadline = time.monotonic() + args.timeout
-        while versions not in seen and time.monotonic() < deadline and worker.running:
-            with contextlib.suppress(OSError, AttributeError):
-                fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                cpu_samples.append((time.time(), (int(fields[11]) + int(fields[12])) / tick))
-            load_samples.append((time.time(), os.getloadavg()[0]))
-            for msg in models:
-                seen.add(decode_global_model(msg.value, public_key=pub).header.version)
-                break
-            _say(f"versions published: {len(seen)} of {versions + 1}")
-        worker.stop()
-
-        batches, closes = _batches(log_file, TASK)
-        batches = [b for b in batches if b["n"] > 0]
-        published = _log_times(log_file, f"published {TASK} v")
-        rejected = len(_log_times(log_file, "rejected update"))
-        published = published[1:]  # v0 is the initial model, published before any update
-        exports = [tuple(map(float, m.groups())) for line in log_file.read_text().splitlines()
-                   if f"published {TASK} v" in line and (m := _EXPORT.search(line))][1:]
-        n_admitted = int(sum(b["n"] for b in batches))
-        complete = versions in seen and len(published) >= versions
-        worker_stats: dict[str, object] = {
-            "admitted": n_admitted, "rejected": rejected, "publications": len(published),
-            "complete": complete, "summary_lines": len(batches),
-        }
-        if batches and published:
-            # the clock starts when the first batch began (its log line minus its duration)
-            start = batches[0]["t"] - batches[0]["ms"] / 1e3
-            span = published[-1] - start
-            worker_stats["seconds_first_admit_to_last_publication"] = round(span, 3)
-            worker_stats["updates_per_s"] = round(n_admitted / span, 1) if span > 0 else None
-            # where the time goes: admission (decode, verify, table write) per update, and the
-            # round close (aggregate, ONNX, sign, publish, state) per round, both as the worker
-            # timed them
-            per_update = [b["ms"] / b["n"] for b in batches]
-            worker_stats["ms_per_admission_median"] = round(float(np.median(per_update)), 3)
-            worker_stats["updates_per_summary_line_median"] = float(np.median([b["n"] for b in batches]))
-            worker_stats["ms_round_close_median"] = (
-                round(float(np.median(closes)), 1) if closes else None)
-            if exports:
-                worker_stats["ms_onnx_export_median"] = round(
-                    float(np.median([e[0] for e in exports])), 2)
-                worker_stats["ms_publish_median"] = round(
-                    float(np.median([e[1] for e in exports])), 2)
-            busy = (sum(b["ms"] for b in batches) + sum(closes)) / 1e3
-            worker_stats["agent_busy_share_of_span"] = round(busy / span, 2) if span > 0 else None
-            cpu = [c for c in cpu_samples if start <= c[0] <= published[-1]]
-            if len(cpu) > 1 and cpu[-1][1] > cpu[0][1]:
-                worker_stats["updates_per_worker_cpu_s"] = round(
-                    n_admitted * (cpu[-1][0] - cpu[0][0]) / span / (cpu[-1][1] - cpu[0][1]), 1)
-                worker_stats["worker_cpu_share_of_one_core"] = round(
-                    (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]), 2)
-            if len(published) > 1:
-                steady = published[-1] - published[0]
-                worker_stats["steady_updates_per_s_between_publications"] = round(
-                    args.buffer * (len(published) - 1) / steady, 1) if steady > 0 else None
-            loads = [la for t, la in load_samples if start <= t <= published[-1]]
-            if loads:
-                worker_stats["loadavg_1m_during_run_max"] = round(max(loads), 2)
+        # one broker per run, stopped before the next starts (same machine, back to back)
+        args.warm = args.secure
+        jit = True if args.secure else None
+        pairs: list[dict[str, dict[str, object]]] = []
+        complete = True
+        for i in range(args.repeat if args.secure else 1):
+            order = [False, True] if i % 2 == 0 else [True, False]
+            pair: dict[str, dict[str, object]] = {}
+            for secure in order if args.secure else [False]:
+                with contextlib.ExitStack() as run_stack:
+                    stats, ok = _run_worker(args, run_stack, tmp, root, frames, versions,
+                                            secure=secure, jit=jit)
+                pair["secure" if secure else "plaintext"] = stats
+                complete = complete and ok
+            pairs.append(pair)
+        worker_stats = pairs[0]["plaintext"]
+        secure_stats = [p["secure"] for p in pairs] if args.secure else None
+        plain_stats = [p["plaintext"] for p in pairs]
 
         _say("in-process anchor on the same frames")
         anchor = _anchor(root, cfg, weights, frames)
@@ -314,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                              "max": max(sizes), "raw_float32": 4 * params},
         "worker": worker_stats,
         "anchor_in_process_same_machine": anchor,
+        **_secure_report(plain_stats, secure_stats),
         "target": {"updates_per_s": TARGET,
                    "met": bool(complete and rate is not None and rate >= TARGET)},
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load_start],

@@ -10,7 +10,7 @@ Examples
 --------
 >>> import numpy as np
 >>> from pipeline.codec import generate_keypair
->>> from schemas.messages import GlobalModel, GlobalModelHeader
+>>> from schemas.messages import GlobalModel, GlobalModelHeader, check_fields
 >>> priv, pub = generate_keypair()
 >>> h = GlobalModelHeader(task="t", version=1, round=1, participants=["a"], num_examples=10,
 ...                       strategy="fedavg", metrics={}, epsilon_by_node={"a": 0.5}, delta=1e-5,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import Mapping
 
@@ -32,7 +33,7 @@ import zstandard
 
 from pipeline.codec import sign, verify
 from pipeline.codec.exceptions import CodecError
-from schemas.messages import GlobalModel, GlobalModelHeader
+from schemas.messages import GlobalModel, GlobalModelHeader, check_fields
 
 __all__ = ["GLOBAL_MAGIC", "decode_global_model", "encode_global_model"]
 
@@ -90,11 +91,14 @@ def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX
 
     try:
         doc = json.loads(take())
+        check_fields(GlobalModelHeader, doc["header"])
         header = GlobalModelHeader(**doc["header"])
-        specs = doc["tensors"]
-    except (KeyError, TypeError, ValueError) as exc:
+        specs = _tensor_specs(doc["tensors"])
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise CodecError("bad_header", str(exc)) from None
-    expected = sum(int(np.prod(s["shape"], dtype=np.int64)) for s in specs) * 4
+    expected = sum(math.prod(shape) for _, shape in specs) * 4
+    if expected > max_bytes * 64:  # zstd could not have shrunk real float32 weights that much
+        raise CodecError("too_large", f"header declares {expected} bytes of tensors")
     try:
         raw = zstandard.ZstdDecompressor().decompress(take(), max_output_size=expected)
     except zstandard.ZstdError as exc:
@@ -104,11 +108,32 @@ def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX
     onnx = take()
     weights: dict[str, np.ndarray] = {}
     off = 0
-    for s in specs:
-        n = int(np.prod(s["shape"], dtype=np.int64))
-        weights[s["name"]] = np.frombuffer(raw, dtype="<f4", count=n, offset=off).reshape(s["shape"]).copy()
+    for name, shape in specs:
+        n = math.prod(shape)
+        weights[name] = np.frombuffer(raw, dtype="<f4", count=n, offset=off).reshape(shape).copy()
         off += n * 4
     return GlobalModel(header=header, weights=weights, onnx=onnx)
+
+
+def _tensor_specs(specs: object) -> list[tuple[str, list[int]]]:
+    """The tensor table of a signed header, checked: unique str names, shapes of ints >= 0."""
+    if not isinstance(specs, list):
+        raise ValueError("tensors must be a list")
+    names: set[str] = set()
+    out: list[tuple[str, list[int]]] = []
+    for s in specs:
+        if not isinstance(s, dict) or set(s) != {"name", "shape"}:
+            raise ValueError(f"tensor spec {s!r} must be {{name, shape}}")
+        name, shape = s["name"], s["shape"]
+        if not isinstance(name, str) or name in names:
+            raise ValueError(f"tensor name {name!r} is not a new str")
+        if (not isinstance(shape, list) or len(shape) > 8
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
+                           for d in shape)):
+            raise ValueError(f"tensor {name!r} shape {shape!r} is not a list of ints >= 0")
+        names.add(name)
+        out.append((name, [int(d) for d in shape]))
+    return out
 
 
 def weights_close(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], *, atol: float = 0.0) -> bool:

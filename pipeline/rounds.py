@@ -225,6 +225,23 @@ class RoundCoordinator:
             self.opened_at = now
         return Offer(key, update, staleness)
 
+    def drop_node(self, node_id: str) -> list[str]:
+        """Take every buffered update of ``node_id`` out of the open round (the node was
+        revoked); returns their keys. They may not be offered again while the node's key stays
+        out of the registry.
+
+        Examples
+        --------
+        >>> # for key in coord.drop_node("akl-01"): send stored[key] to the DLQ as "revoked"
+        """
+        keys = [k for k, u in self._decoded.items() if u.node_id == node_id]
+        keys += [k for k in self.buffer if k not in keys and k.split("|")[1:2] == [node_id]]
+        for key in keys:
+            self.forget(key)
+        if not self.buffer:
+            self.opened_at = None
+        return sorted(keys)
+
     def forget(self, key: str) -> None:
         """Drop a buffered key whose bytes the caller could not keep (it may be offered again)."""
         self.buffer.pop(key, None)

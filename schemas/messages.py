@@ -34,6 +34,7 @@ __all__ = [
     "GlobalModelHeader",
     "MessageError",
     "Telemetry",
+    "check_fields",
     "write_message_schemas",
 ]
 
@@ -52,13 +53,77 @@ class MessageError(ValueError):
 def _decode_json(kind: str, data: bytes | str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MessageError("malformed_json", str(exc)) from None
     if not isinstance(doc, dict):
         raise MessageError("malformed_json", "top level must be an object")
     if doc.get("schema") != f"{kind}.v{MESSAGES_VERSION}":
         raise MessageError("unsupported_schema", f"expected {kind}.v{MESSAGES_VERSION}, got {doc.get('schema')!r}")
     return doc
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether a decoded JSON ``value`` has type ``tp`` (str, int, float, bool, list[X],
+    dict[str, X], unions with None). Floats must be finite; a bool is not a number."""
+    import math
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(
+            _conforms(a, k) and _conforms(b, v) for a, b in value.items())
+    return True
+
+
+def check_fields(cls: type, doc: Mapping[str, Any]) -> None:
+    """Raise :class:`MessageError` (``bad_fields``) unless ``doc`` has exactly ``cls``'s
+    dataclass fields (those with defaults may be absent), each of its declared type.
+
+    Examples
+    --------
+    >>> check_fields(DlqEntry, {"reason": "r", "detail": "d", "source_topic": "t",
+    ...                         "partition": "0", "offset": 1, "agent": "a"})
+    Traceback (most recent call last):
+    ...
+    schemas.messages.MessageError: bad_fields: DlqEntry.partition must be int, got str
+    """
+    import dataclasses
+    import typing
+
+    if not isinstance(doc, Mapping):
+        raise MessageError("bad_fields", f"{cls.__name__} must be an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(doc) - set(fields))
+    if unknown:
+        raise MessageError("bad_fields", f"{cls.__name__} has no field(s) {unknown}")
+    for name, f in fields.items():
+        if name not in doc:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MessageError("bad_fields", f"{cls.__name__}.{name} is missing")
+            continue
+        if not _conforms(doc[name], hints[name]):
+            want = getattr(hints[name], "__name__", str(hints[name]))
+            raise MessageError("bad_fields", f"{cls.__name__}.{name} must be {want}, got "
+                               f"{type(doc[name]).__name__}")
 
 
 class _JsonMessage:
@@ -72,6 +137,7 @@ class _JsonMessage:
     def decode(cls, data: bytes | str) -> Any:
         doc = _decode_json(cls.KIND, data)
         doc.pop("schema")
+        check_fields(cls, doc)  # types too: a consumer must not meet a str where it adds numbers
         try:
             return cls(**doc)
         except TypeError as exc:

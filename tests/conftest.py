@@ -70,6 +70,48 @@ def fresh_federation_topics(kafka_broker: str) -> str:
     return kafka_broker
 
 
+class SecureKafka:
+    """A secured session broker (mutual TLS, ACLs) and the CA that signed its identities."""
+
+    def __init__(self, cluster: object, ca_dir: object, scram: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.ca_dir = ca_dir
+        self.scram = scram
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.cluster.bootstrap_servers  # type: ignore[attr-defined]
+
+    def admin_settings(self):  # type: ignore[no-untyped-def]
+        return self.cluster.settings()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A real single-node Kafka that requires client certificates on every listener (SSL;
+    SASL_SSL with SCRAM-SHA-512 beside it), runs StandardAuthorizer with
+    allow.everyone.if.no.acl.found=false, and has User:admin as its only super user."""
+    from agents.kafka_harness import BrokerSecurity, KafkaHarnessError, LocalKafka
+    from pipeline.identity import FleetPki
+
+    root = tmp_path_factory.mktemp("fleet-ca")
+    pki = FleetPki.create(root / "ca")
+    broker = pki.issue("admin", folder=root / "broker", server_names=("127.0.0.1", "localhost"))
+    admin = pki.issue("admin", folder=root / "admin")
+    scram = {"admin": "admin-" + os.urandom(6).hex(), "scram-reader": "rd-" + os.urandom(6).hex()}
+    cluster = LocalKafka(security=BrokerSecurity(broker=broker, admin=admin, scram_users=scram))
+    try:
+        cluster.start()
+    except (KafkaHarnessError, OSError) as exc:
+        cluster.stop()
+        _broker_unavailable(str(exc))
+    try:
+        yield SecureKafka(cluster, pki.root, scram)
+    finally:
+        cluster.stop()
+        cluster.remove_data()
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     """A real headless Chromium (tests.browser.Browser); a missing browser fails under CI."""

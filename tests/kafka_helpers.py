@@ -5,15 +5,19 @@ from __future__ import annotations
 import time
 
 
-def delete_federation_topics(bootstrap_servers: str) -> None:
-    """Delete the EdgeVeil federation topics so a test starts from empty topics."""
+def delete_federation_topics(bootstrap_servers: str, *, settings: object = None,
+                             extra: tuple[str, ...] = ()) -> None:
+    """Delete the EdgeVeil federation topics (and ``extra``) so a test starts from empty
+    topics; ``settings`` (agents.settings.Settings) connects to a secured broker as the admin."""
     from kafka.admin import KafkaAdminClient
 
     from agents.topics import FEDERATION_TOPICS
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    security = settings.kafka_python_security() if settings is not None else {}  # type: ignore[attr-defined]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
     try:
-        stale = [t.name for t in FEDERATION_TOPICS if t.name in set(admin.list_topics())]
+        names = [t.name for t in FEDERATION_TOPICS] + list(extra)
+        stale = [t for t in names if t in set(admin.list_topics())]
         if stale:
             admin.delete_topics(stale)
             deadline = time.monotonic() + 30

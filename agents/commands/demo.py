@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
         camera: bool = typer.Option(True, help="Give one node a live camera on vtest.avi."),
         out: Path = typer.Option(Path("out"), help="Where report.html, summary and logs go."),
         echo: bool = typer.Option(False, "--echo", help="Only the broker + faust round-trip check."),
+        secure: bool = typer.Option(False, "--secure", help="A secured broker: mutual TLS, ACLs, "
+                                    "every worker with its own certificate."),
         web_port: int = typer.Option(6066, help="Port of the aggregator's fleet page (another "
                                                 "free one if taken)."),
     ) -> None:
@@ -99,7 +101,7 @@ def register(app: typer.Typer) -> None:
                 ok = bool(summary["ok"])
             else:
                 summary = run_demo(out_dir=out, rounds=rounds, nodes=nodes, epsilon=epsilon,
-                                   edge_workers=edge_workers,
+                                   edge_workers=edge_workers, secure=secure,
                                    camera=default_camera() if camera else None,
                                    web_port=web_port)
                 ok = summary["completed_rounds"] == rounds

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import typer
 
@@ -17,15 +19,36 @@ def register(app: typer.Typer) -> None:
     def up(
         port: int = typer.Option(9092, help="Broker port on 127.0.0.1."),
         timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer."),
+        secure: bool = typer.Option(False, "--secure", help="Mutual TLS on every listener, "
+                                    "StandardAuthorizer, no ACL = deny, super user admin "
+                                    "(certificates from --run-dir)."),
+        run_dir: Path = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+                                     help="Federation run directory whose tls/ the secured "
+                                     "broker uses (`edgeveil federation init`)."),
     ) -> None:
         """Start the broker in the background (fetching the jars on first use)."""
+        from agents.settings import load_settings
+        from pipeline.identity import IdentityError
+
+        security = None
         try:
-            status = kh.daemon_up(port=port, timeout=timeout)
-        except kh.KafkaHarnessError as exc:
+            if secure:
+                from agents.federation import ADMIN, BROKER, tls_identity
+
+                passphrase = load_settings().passphrase()
+                security = kh.BrokerSecurity(
+                    broker=tls_identity(run_dir, BROKER), admin=tls_identity(run_dir, ADMIN),
+                    key_password=passphrase.decode() if passphrase else None)
+            status = kh.daemon_up(port=port, timeout=timeout, security=security)
+        except (kh.KafkaHarnessError, IdentityError, FileNotFoundError) as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(1) from exc
-        typer.echo(f"Kafka is up at {status['bootstrap_servers']} (pid {status['pid']}).")
+        kind = "secured: mutual TLS + ACLs" if status.get("secure") else "plaintext"
+        typer.echo(f"Kafka ({kind}) is up at {status['bootstrap_servers']} (pid {status['pid']}).")
         typer.echo(f"  export EDGEVEIL_BOOTSTRAP_SERVERS={status['bootstrap_servers']}")
+        if status.get("secure"):
+            typer.echo("  export EDGEVEIL_SECURITY_PROTOCOL=SSL   # then: edgeveil federation "
+                       "acls; workers pick their certificates from the run directory")
 
     @group.command()
     def down() -> None:

@@ -59,9 +59,10 @@ def _issue(run_dir: Path, version: int, build: str, target: list[str] | None) ->
 
     root = _run_dir(run_dir)
     cfg = federation.load_config(root)
-    priv, pub = federation.aggregator_keys(root)
-    _check_published(root, version, pub)
     settings = load_settings()
+    priv, pub = federation.aggregator_keys(root, passphrase=settings.passphrase())
+    _check_published(root, version, pub)
+    settings = federation.admin_settings(root, base=settings)  # on a secured cluster: as admin
     try:
         current = read_control(settings, task=cfg.task, public_key=pub)
     except Exception as exc:  # noqa: BLE001 - any client error means the broker is unreachable
@@ -124,12 +125,11 @@ def register(app: typer.Typer) -> None:
 
         from agents import federation
         from agents.control import read_control
-        from agents.settings import load_settings
 
         root = _run_dir(run_dir)
         cfg = federation.load_config(root)
-        _, pub = federation.aggregator_keys(root)
-        control = read_control(load_settings(), task=cfg.task, public_key=pub)
+        pub = federation.aggregator_public_key(root)
+        control = read_control(federation.admin_settings(root), task=cfg.task, public_key=pub)
         if control is None:
             typer.echo(f"no rollout command for {cfg.task}: every node serves the newest model")
         else:

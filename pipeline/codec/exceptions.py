@@ -15,6 +15,7 @@ __all__ = [
     "HeaderError",
     "NonFiniteError",
     "ReplayError",
+    "RevokedNodeError",
     "ShapeMismatchError",
     "SignatureError",
     "StaleUpdateError",
@@ -96,6 +97,12 @@ class UnknownNodeError(SignatureError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return Exception.__str__(self)
+
+
+class RevokedNodeError(UnknownNodeError):
+    """The node's key was revoked (``edgeveil federation revoke``): ``revoked``."""
+
+    default_reason = "revoked"
 
 
 class DecompressionError(CodecError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from pipeline.codec.exceptions import SignatureError, UnknownNodeError
+from pipeline.codec.exceptions import RevokedNodeError, SignatureError, UnknownNodeError
 
 __all__ = [
     "KEY_SIZE",
@@ -124,6 +124,7 @@ class KeyRegistry:
     def __init__(self, keys: dict[str, bytes] | None = None) -> None:
         self._keys: dict[str, bytes] = {}
         self._verify_keys: dict[str, nacl.signing.VerifyKey] = {}
+        self._revoked: dict[str, float] = {}  # node id -> when it was revoked (epoch s)
         for node_id, key in (keys or {}).items():
             self.register(node_id, key)
 
@@ -131,10 +132,13 @@ class KeyRegistry:
         """Register ``node_id``'s public key.
 
         Re-registering the same key is a no-op; a different key needs ``replace=True``
-        (key rotation), otherwise ``ValueError``.
+        (key rotation), otherwise ``ValueError``. A revoked node can be registered again only
+        with ``replace=True`` (a deliberate re-enrolment with a new key).
         """
         if not isinstance(node_id, str) or not node_id:
             raise ValueError("node_id must be a non-empty str")
+        if node_id in self._revoked and not replace:
+            raise ValueError(f"node {node_id!r} was revoked; pass replace=True to enrol it again")
         if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != KEY_SIZE:
             raise ValueError(f"public_key must be {KEY_SIZE} bytes")
         key = bytes(public_key)
@@ -147,24 +151,69 @@ class KeyRegistry:
             verify_key = nacl.signing.VerifyKey(key)
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
             raise ValueError(f"not an Ed25519 public key: {exc}") from None
+        self._revoked.pop(node_id, None)
         self._keys[node_id] = key
         self._verify_keys[node_id] = verify_key
         if old is not None and old != key:
             logger.info("rotated public key of node %s", node_id)
 
     def unregister(self, node_id: str) -> None:
-        """Forget ``node_id`` (revocation); unknown ids are ignored."""
+        """Forget ``node_id`` (it becomes unknown, not revoked); unknown ids are ignored."""
         self._keys.pop(node_id, None)
         self._verify_keys.pop(node_id, None)
 
+    def revoke(self, node_id: str, *, at: float) -> bool:
+        """Drop ``node_id``'s key and remember it as revoked (at epoch ``at``): its updates are
+        then rejected with reason ``revoked``. Returns False when it was revoked already.
+
+        Examples
+        --------
+        >>> reg = KeyRegistry({"n1": generate_keypair()[1]})
+        >>> reg.revoke("n1", at=0.0), "n1" in reg, reg.is_revoked("n1")
+        (True, False, True)
+        """
+        if node_id in self._revoked:
+            return False
+        self._keys.pop(node_id, None)
+        self._verify_keys.pop(node_id, None)
+        self._revoked[node_id] = float(at)
+        return True
+
+    def is_revoked(self, node_id: str) -> bool:
+        """True when ``node_id`` was revoked."""
+        return node_id in self._revoked
+
+    @property
+    def revoked(self) -> dict[str, float]:
+        """Revoked node ids and when (epoch s)."""
+        return dict(self._revoked)
+
+    def sync_from(self, other: KeyRegistry) -> tuple[list[str], list[str]]:
+        """Take ``other``'s keys and revocations in place (a running aggregator re-reads its
+        registry file); returns the node ids added (or re-keyed) and those removed.
+
+        The three maps are swapped whole, so a thread verifying meanwhile sees the old registry
+        or the new one, never a mix of the two.
+        """
+        added = sorted(n for n, k in other._keys.items() if self._keys.get(n) != k)
+        removed = sorted(set(self._keys) - set(other._keys))
+        self._verify_keys = dict(other._verify_keys)
+        self._keys = dict(other._keys)
+        self._revoked = dict(other._revoked)
+        return added, removed
+
+    def _unknown(self, node_id: str) -> UnknownNodeError:
+        if node_id in self._revoked:
+            return RevokedNodeError("revoked", f"node {node_id!r} was revoked")
+        return UnknownNodeError("unknown_node", f"no public key registered for node {node_id!r}")
+
     def public_key(self, node_id: str) -> bytes:
-        """Return ``node_id``'s public key; raise :class:`UnknownNodeError` (a ``KeyError``)."""
+        """Return ``node_id``'s public key; raise :class:`UnknownNodeError` (a ``KeyError``),
+        :class:`RevokedNodeError` for a revoked node."""
         try:
             return self._keys[node_id]
         except KeyError:
-            raise UnknownNodeError(
-                "unknown_node", f"no public key registered for node {node_id!r}"
-            ) from None
+            raise self._unknown(node_id) from None
 
     def verify(self, node_id: str, message: bytes | memoryview, signature: bytes) -> None:
         """Verify ``signature`` by ``node_id`` over ``message``.
@@ -173,12 +222,14 @@ class KeyRegistry:
         ------
         UnknownNodeError
             ``reason="unknown_node"``.
+        RevokedNodeError
+            ``reason="revoked"``: the node's key was revoked.
         SignatureError
             ``reason="bad_signature"``.
         """
         key = self._verify_keys.get(node_id)
         if key is None:
-            raise UnknownNodeError("unknown_node", f"no public key registered for node {node_id!r}")
+            raise self._unknown(node_id)
         _verify_with(key, message, signature)
 
     def __contains__(self, node_id: object) -> bool:
@@ -203,10 +254,12 @@ class KeyRegistry:
         True
         """
         target = Path(path)
-        doc = {
+        doc: dict[str, object] = {
             "format": _REGISTRY_FORMAT,
             "keys": {n: base64.b64encode(k).decode("ascii") for n, k in sorted(self._keys.items())},
         }
+        if self._revoked:
+            doc["revoked"] = dict(sorted(self._revoked.items()))
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
         try:
@@ -234,4 +287,9 @@ class KeyRegistry:
         reg = cls()
         for node_id, b64 in doc["keys"].items():
             reg.register(node_id, base64.b64decode(b64, validate=True))
+        revoked = doc.get("revoked", {})
+        if not isinstance(revoked, dict):
+            raise ValueError(f"{path}: 'revoked' must map node ids to times")
+        for node_id, at in revoked.items():
+            reg.revoke(str(node_id), at=float(at))
         return reg

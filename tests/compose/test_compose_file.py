@@ -71,3 +71,23 @@ def test_build_context_and_dockerfile_exist(compose: dict) -> None:
     dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
     for path in ("pyproject.toml", "constraints.txt", "schemas", "pipeline", "agents"):
         assert path in dockerfile
+
+
+def test_the_stack_is_secured_like_the_harness(compose: dict) -> None:
+    """The compose broker requires client certificates on every listener and runs the same
+    authorizer settings as agents.kafka_harness; every worker connects over TLS."""
+    from agents.kafka_harness import AUTHORIZER, PRINCIPAL_MAPPING_RULES
+
+    env = compose["services"]["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SSL"}
+    assert env["KAFKA_SSL_CLIENT_AUTH"] == "required"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == AUTHORIZER
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    # compose turns $$ into $
+    assert env["KAFKA_SSL_PRINCIPAL_MAPPING_RULES"].replace("$$", "$") == PRINCIPAL_MAPPING_RULES
+    workers = {n: svc for n, svc in compose["services"].items() if "build" in svc}
+    assert {"aggregator", "acls", "edge-1"} <= set(workers)
+    for name, svc in workers.items():  # every EdgeVeil container talks TLS to the broker
+        assert svc["environment"]["EDGEVEIL_SECURITY_PROTOCOL"] == "SSL", name
