@@ -182,8 +182,8 @@ def _await(settings: Settings, done: Any, what: str, *, principal: str | None = 
         time.sleep(0.1)
 
 
-def list_acls(settings: Settings, principal: str | None = None) -> list[AclRule]:
-    """Every ALLOW rule on the cluster (of ``principal`` only, when given)."""
+def _any_acl_filter(principal: str | None) -> Any:
+    """A filter matching every ACL (of ``principal`` only, when given)."""
     from kafka.admin import (
         ACLFilter,
         ACLOperation,
@@ -193,10 +193,15 @@ def list_acls(settings: Settings, principal: str | None = None) -> list[AclRule]
         ResourceType,
     )
 
-    flt = ACLFilter(principal=principal, host=None, operation=ACLOperation.ANY,
-                    permission_type=ACLPermissionType.ANY,
-                    resource_pattern=ResourcePatternFilter(ResourceType.ANY, None,
-                                                           ACLResourcePatternType.ANY))
+    return ACLFilter(principal=principal, host=None, operation=ACLOperation.ANY,
+                     permission_type=ACLPermissionType.ANY,
+                     resource_pattern=ResourcePatternFilter(ResourceType.ANY, None,
+                                                            ACLResourcePatternType.ANY))
+
+
+def list_acls(settings: Settings, principal: str | None = None) -> list[AclRule]:
+    """Every ALLOW rule on the cluster (of ``principal`` only, when given)."""
+    flt = _any_acl_filter(principal)
     admin = _admin(settings)
     try:
         acls, error = admin.describe_acls(flt)
@@ -209,19 +214,7 @@ def list_acls(settings: Settings, principal: str | None = None) -> list[AclRule]
 
 def remove_principal(settings: Settings, principal: str) -> int:
     """Delete every ACL of ``principal``; returns how many were removed."""
-    from kafka.admin import (
-        ACLFilter,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePatternFilter,
-        ResourceType,
-    )
-
-    flt = ACLFilter(principal=principal, host=None, operation=ACLOperation.ANY,
-                    permission_type=ACLPermissionType.ANY,
-                    resource_pattern=ResourcePatternFilter(ResourceType.ANY, None,
-                                                           ACLResourcePatternType.ANY))
+    flt = _any_acl_filter(principal)
     admin = _admin(settings)
     try:
         results = admin.delete_acls([flt])
