@@ -91,3 +91,35 @@ def test_the_stack_is_secured_like_the_harness(compose: dict) -> None:
     assert {"aggregator", "acls", "edge-1"} <= set(workers)
     for name, svc in workers.items():  # every EdgeVeil container talks TLS to the broker
         assert svc["environment"]["EDGEVEIL_SECURITY_PROTOCOL"] == "SSL", name
+
+
+def test_every_edgeveil_command_in_the_stack_is_one_the_cli_accepts(compose: dict,
+                                                                   tmp_path: Path) -> None:
+    """Each service's `edgeveil …` command parses with the real CLI (an unknown option or
+    sub-command exits 2), and the camera node named in the environment is one that
+    `federation init --nodes 21` makes and that its edge worker hosts."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from agents.cli import app
+
+    commands = []
+    for name, svc in compose["services"].items():
+        cmd = svc.get("command")
+        if isinstance(cmd, list) and cmd[:1] == ["edgeveil"]:
+            commands.append((name, cmd[1:]))
+        elif isinstance(cmd, list) and cmd[:2] == ["sh", "-c"]:
+            for part in cmd[2].replace("(", " ").replace(")", " ").split("&&"):
+                words = shlex.split(part.replace("||", " "))
+                if "edgeveil" in words:
+                    commands.append((name, words[words.index("edgeveil") + 1:]))
+    assert len(commands) >= 5, commands
+    for name, args in commands:
+        res = CliRunner().invoke(app, [*args, "--help"])
+        assert res.exit_code == 0, (name, args, res.output[-400:])
+    cam = compose["services"]["edge-3"]["environment"]["EDGEVEIL_CAMERA_NODE"]
+    res = CliRunner().invoke(app, ["federation", "init", str(tmp_path / "run"), "--nodes", "21"])
+    assert res.exit_code == 0, res.output
+    nodes = json.loads((tmp_path / "run" / "federation.json").read_text())["nodes"]
+    assert cam in nodes[14:21]  # edge-3 hosts nodes 15-21
