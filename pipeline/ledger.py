@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.exceptions import EdgeVeilError
 from pipeline.ledger_analysis import Mechanism, compute_epsilon
 
 __all__ = [
@@ -85,7 +86,7 @@ class LedgerEntry:
         return (float(self.noise_multiplier), float(self.sample_rate), int(self.steps))
 
 
-class BudgetExceededError(RuntimeError):
+class BudgetExceededError(EdgeVeilError, RuntimeError):
     """Training (or publishing) would take a node past its ε budget.
 
     Attributes
@@ -105,7 +106,7 @@ class BudgetExceededError(RuntimeError):
         )
 
 
-class LedgerCorruptError(RuntimeError):
+class LedgerCorruptError(EdgeVeilError, RuntimeError):
     """The ledger file exists but cannot be trusted (unreadable, wrong format, bad checksum).
 
     Attributes

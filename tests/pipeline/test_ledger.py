@@ -225,3 +225,14 @@ def test_load_ledgers_reads_folder(tmp_path):  # type: ignore[no-untyped-def]
     assert [x.node_id for x in ledgers] == ["a", "b"]
     assert all(x.total_steps == 3 for x in ledgers)
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def test_ledger_errors_are_edgeveil_errors_and_keep_their_old_bases():
+    from pipeline.exceptions import EdgeVeilError
+    from pipeline.ledger import BudgetExceededError, LedgerCorruptError
+
+    err = BudgetExceededError(node_id="n", epsilon_after=2.5, budget=2.0, delta=1e-5)
+    assert isinstance(err, EdgeVeilError) and isinstance(err, RuntimeError)
+    assert "2.500" in str(err) and "'n'" in str(err)
+    assert issubclass(LedgerCorruptError, EdgeVeilError)
+    assert issubclass(LedgerCorruptError, RuntimeError)
