@@ -1,6 +1,6 @@
 """Binary codec of global models (``edgeveil.models``), signed by the aggregator.
 
-Frame: ``b"EVM"`` + format byte, header (u32 length + canonical JSON of
+Frame (:mod:`pipeline.codec.frame`, the framing updates use too): ``b"EVM"`` + format byte, header (u32 length + canonical JSON of
 :class:`~schemas.messages.GlobalModelHeader` plus the tensor table), weights (u32 length + zstd of
 the concatenated float32 little-endian tensors), ONNX (u32 length + bytes), then a 64-byte Ed25519
 signature over everything before it. Edges refuse a model whose signature does not verify against
@@ -25,14 +25,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import struct
 from collections.abc import Mapping
 
 import numpy as np
 import zstandard
 
-from pipeline.codec import sign, verify
+from pipeline.codec import verify
 from pipeline.codec.exceptions import CodecError
+from pipeline.codec.frame import U32, FrameReader, pack_frame
 from schemas.messages import GlobalModel, GlobalModelHeader, check_fields
 
 __all__ = ["GLOBAL_MAGIC", "decode_global_model", "encode_global_model"]
@@ -55,13 +55,8 @@ def encode_global_model(model: GlobalModel, *, private_key: bytes, level: int = 
     header = {"header": dataclasses.asdict(model.header), "tensors": tensors}
     hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     payload = zstandard.ZstdCompressor(level=level).compress(b"".join(chunks))
-    body = b"".join([
-        GLOBAL_MAGIC,
-        struct.pack(">I", len(hbytes)), hbytes,
-        struct.pack(">I", len(payload)), payload,
-        struct.pack(">I", len(model.onnx)), model.onnx,
-    ])
-    return body + sign(body, private_key=private_key)
+    return pack_frame(GLOBAL_MAGIC, [(U32, hbytes), (U32, payload), (U32, model.onnx)],
+                      private_key=private_key)
 
 
 def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX_BYTES) -> GlobalModel:
@@ -72,25 +67,15 @@ def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX
         raise CodecError("truncated", f"only {len(data)} bytes")
     if data[:4] != GLOBAL_MAGIC:
         raise CodecError("bad_magic", f"expected {GLOBAL_MAGIC!r}, got {bytes(data[:4])!r}")
-    body, sig = data[:-_SIG], data[-_SIG:]
-    verify(body, sig, public_key=public_key)
-    view = memoryview(body)
-    pos = 4
-
-    def take() -> bytes:
-        nonlocal pos
-        if pos + 4 > len(view):
-            raise CodecError("truncated", "length field past the end")
-        (n,) = struct.unpack(">I", view[pos:pos + 4])
-        pos += 4
-        if pos + n > len(view):
-            raise CodecError("truncated", "section past the end")
-        out = bytes(view[pos:pos + n])
-        pos += n
-        return out
-
+    frame = FrameReader(memoryview(data), start=len(GLOBAL_MAGIC))
+    # the signature covers every byte before it: verify before parsing anything
+    verify(bytes(frame.body), bytes(data[-_SIG:]), public_key=public_key)
+    header_raw = frame.section(U32, "header")
+    payload = frame.section(U32, "weights")
+    onnx = bytes(frame.section(U32, "ONNX model"))
+    frame.signature()  # no byte between the last section and the signature
     try:
-        doc = json.loads(take())
+        doc = json.loads(bytes(header_raw))
         check_fields(GlobalModelHeader, doc["header"])
         header = GlobalModelHeader(**doc["header"])
         specs = _tensor_specs(doc["tensors"])
@@ -100,12 +85,11 @@ def decode_global_model(data: bytes, *, public_key: bytes, max_bytes: int = _MAX
     if expected > max_bytes * 64:  # zstd could not have shrunk real float32 weights that much
         raise CodecError("too_large", f"header declares {expected} bytes of tensors")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(take(), max_output_size=expected)
+        raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=expected)
     except zstandard.ZstdError as exc:
         raise CodecError("bad_payload", f"weights do not decompress: {exc}") from None
     if len(raw) != expected:
         raise CodecError("bad_payload", f"{len(raw)} bytes of tensors, expected {expected}")
-    onnx = take()
     weights: dict[str, np.ndarray] = {}
     off = 0
     for name, shape in specs:

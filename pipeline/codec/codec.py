@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import struct
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -43,7 +42,8 @@ from pipeline.codec.exceptions import (
     TruncatedError,
     UnsupportedVersionError,
 )
-from pipeline.codec.signing import SIGNATURE_SIZE, KeyRegistry, sign
+from pipeline.codec.frame import U16, U32, FrameReader, pack_frame
+from pipeline.codec.signing import KeyRegistry
 from schemas.update import NAME_PATTERN, SCHEMA_VERSION, ModelUpdate, PrivacyStamp, valid_name
 
 __all__ = [
@@ -63,8 +63,6 @@ MAX_UPDATE_BYTES = 16 * 2**20
 _MAX_HEADER_BYTES = 2**20
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_NODE_ID_BYTES = 128
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
 _HEADER_KEYS = frozenset(
     {
         "schema_version",
@@ -206,40 +204,19 @@ def encode_update(
     header_bytes = _canonical_json(header)
     node_bytes = update.node_id.encode("utf-8")
     payload = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(payload_raw)
-    body = b"".join(
-        (
-            MAGIC,
-            bytes((FORMAT_VERSION,)),
-            _U16.pack(len(node_bytes)),
-            node_bytes,
-            _U32.pack(len(header_bytes)),
-            header_bytes,
-            _U32.pack(len(payload)),
-            payload,
-        )
-    )
-    return body + sign(body, private_key=private_key)
+    return pack_frame(MAGIC + bytes((FORMAT_VERSION,)),
+                      [(U16, node_bytes), (U32, header_bytes), (U32, payload)],
+                      private_key=private_key)
 
 
 def _sign_frame(
     node_id: str, header: Mapping[str, Any], payload: bytes, *, private_key: bytes
 ) -> bytes:
     """Assemble and sign a frame from raw parts (tests build hostile-but-signed frames with it)."""
-    node_bytes = node_id.encode("utf-8")
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    body = b"".join(
-        (
-            MAGIC,
-            bytes((FORMAT_VERSION,)),
-            _U16.pack(len(node_bytes)),
-            node_bytes,
-            _U32.pack(len(header_bytes)),
-            header_bytes,
-            _U32.pack(len(payload)),
-            payload,
-        )
-    )
-    return body + sign(body, private_key=private_key)
+    return pack_frame(MAGIC + bytes((FORMAT_VERSION,)),
+                      [(U16, node_id.encode("utf-8")), (U32, header_bytes), (U32, payload)],
+                      private_key=private_key)
 
 
 def _split(view: memoryview) -> tuple[str, memoryview, memoryview, memoryview, memoryview]:
@@ -255,38 +232,21 @@ def _split(view: memoryview) -> tuple[str, memoryview, memoryview, memoryview, m
         raise UnsupportedVersionError(
             "unsupported_version", f"frame format version {view[3]}, expected {FORMAT_VERSION}"
         )
-    pos = 4
-
-    def take(size: int, what: str) -> memoryview:
-        nonlocal pos
-        if pos + size > n:
-            raise TruncatedError("truncated", f"input ends inside the {what} ({n} bytes)")
-        out = view[pos : pos + size]
-        pos += size
-        return out
-
-    node_len = _U16.unpack(take(2, "node id length"))[0]
+    frame = FrameReader(view, start=4)
+    (node_len,) = U16.unpack(frame.take(U16.size, "node id length"))
     if not 0 < node_len <= _MAX_NODE_ID_BYTES:
         raise HeaderError(
             "bad_header", f"node id length {node_len} outside 1..{_MAX_NODE_ID_BYTES}"
         )
-    node_raw = take(node_len, "node id")
-    header_len = _U32.unpack(take(4, "header length"))[0]
-    if header_len > _MAX_HEADER_BYTES:
-        raise TooLargeError(
-            "too_large", f"header of {header_len} bytes exceeds {_MAX_HEADER_BYTES}"
-        )
-    header = take(header_len, "header")
-    payload_len = _U32.unpack(take(4, "payload length"))[0]
-    payload = take(payload_len, "payload")
-    signature = take(SIGNATURE_SIZE, "signature")
-    if pos != n:
-        raise TruncatedError("trailing_bytes", f"{n - pos} bytes after the signature")
+    node_raw = frame.take(node_len, "node id")
+    header = frame.section(U32, "header", limit=_MAX_HEADER_BYTES)
+    payload = frame.section(U32, "payload")
+    signature = frame.signature()
     try:
         node_id = bytes(node_raw).decode("utf-8")
     except UnicodeDecodeError:
         raise HeaderError("bad_header", "node id is not UTF-8") from None
-    return node_id, view[: n - SIGNATURE_SIZE], header, payload, signature
+    return node_id, frame.body, header, payload, signature
 
 
 def peek_node_id(data: bytes | bytearray | memoryview) -> str | None:

@@ -517,3 +517,40 @@ def test_zstd_levels_round_trip(
 def test_encode_refuses_bad_tensor_names(make_update: UpdateFactory, keypair: KeyPair) -> None:
     with pytest.raises(ValueError, match="does not match"):
         encode_update(make_update(delta={"a b": np.zeros(1, np.float32)}), private_key=keypair[0])
+
+
+def test_updates_and_global_models_share_one_framing(keypair, registry):
+    """Both codecs write magic | length-prefixed sections | signature with pipeline.codec.frame,
+    and both refuse bytes smuggled between the last section and the signature."""
+    import numpy as np
+
+    from pipeline.codec import CodecError, sign
+    from pipeline.codec.frame import U16, U32, FrameReader
+    from pipeline.global_model import decode_global_model, encode_global_model
+    from schemas.messages import GlobalModel, GlobalModelHeader
+
+    priv, pub = keypair
+    h = GlobalModelHeader(task="t", version=1, round=1, participants=["a"], num_examples=1,
+                          strategy="fedavg", metrics={}, epsilon_by_node={}, delta=1e-5,
+                          created_at=0.0)
+    blob = encode_global_model(GlobalModel(h, {"w": np.ones(2, np.float32)}, b"onnx"),
+                               private_key=priv)
+    r = FrameReader(memoryview(blob), start=4)
+    header, _weights, onnx = (bytes(r.section(U32, w)) for w in ("header", "weights", "onnx"))
+    assert onnx == b"onnx" and header.startswith(b"{")
+    r.signature()
+    # a correctly signed global model with junk before the signature is refused
+    body = blob[:-64] + b"junk"
+    with pytest.raises(CodecError) as err:
+        decode_global_model(body + sign(body, private_key=priv), public_key=pub)
+    assert err.value.reason == "trailing_bytes"
+    # the update frame: node id (u16), header (u32), payload (u32)
+    frame = _sign_frame(NODE, {"a": 1}, b"pay", private_key=priv)
+    r = FrameReader(memoryview(frame), start=4)
+    assert bytes(r.section(U16, "node id")) == NODE.encode()
+    assert bytes(r.section(U32, "header")) == b'{"a":1}'
+    assert bytes(r.section(U32, "payload")) == b"pay"
+    body = frame[:-64] + b"x"
+    with pytest.raises(CodecError) as err:
+        decode_update(body + sign(body, private_key=priv), keys=registry)
+    assert err.value.reason == "trailing_bytes"

@@ -132,7 +132,7 @@ UPDATE_REASONS = {"too_large", "bad_magic", "unsupported_version", "truncated", 
                   "bad_payload",
                   "shape_mismatch", "dtype_mismatch", "tensor_names", "non_finite", "wrong_task"}
 MODEL_REASONS = {"too_large", "truncated", "bad_magic", "bad_signature", "bad_header",
-                 "bad_payload"}
+                 "bad_payload", "trailing_bytes"}
 MESSAGE_REASONS = {"malformed_json", "unsupported_schema", "bad_fields"}
 
 
