@@ -131,7 +131,8 @@ class UpdateAdmission:
         ...                                num_examples=1, metrics={}, privacy=stamp, delta={}),
         ...                    current_version=5)
         >>> gate.state_dict()
-        {'kind': ..., 'max_staleness': 1, 'replay_window': 1024, 'seen': [['t', 'n1', [3, 7]]]}
+        {'kind': 'edgeveil.update_admission.v1', 'max_staleness': 1, 'replay_window': 1024,
+         'seen': [['t', 'n1', [3, 7]]]}
         >>> restored = UpdateAdmission(max_staleness=1)
         >>> restored.load_state_dict(gate.state_dict())
         >>> restored.seen("n1", task="t")
