@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - set up, then run the demo (local Kafka + real faust workers)"
-	@echo "make test   - set up, then ruff, the layers contract and every test (real Kafka included)"
+	@echo "make test   - set up, then ruff, the layers contract, mypy, the docstring examples and every test (real Kafka included)"
 	@echo "make test-fast - tests not marked kafka/slow"
 	@echo "make bench  - run the benchmarks in bench/ (JSON out)"
 
@@ -23,8 +23,10 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: lint
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules schemas pipeline agents
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from pipeline.vision import (
     AnonymizeMode,
@@ -107,7 +108,8 @@ class _PreviewSink:
         img = frame.image
         if img.shape[1] > self.width:
             h = int(img.shape[0] * self.width / img.shape[1])
-            img = cv2.resize(img, (self.width, h), interpolation=cv2.INTER_AREA)
+            img = np.asarray(cv2.resize(img, (self.width, h), interpolation=cv2.INTER_AREA),
+                             dtype=np.uint8)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])
         if ok:
             self.previews.append(Preview(buf.tobytes(), frame.seq, frame.timestamp, self.loop,

@@ -58,8 +58,10 @@ def _export(model: nn.Module, example: torch.Tensor, *, constant_folding: bool) 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # torch accepts a file-like object here; its stubs only name paths
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, input_names=["x"], output_names=["y"],
+            model, (example,), buf,  # type: ignore[arg-type]
+            dynamo=False, input_names=["x"], output_names=["y"],
             dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17,
             do_constant_folding=constant_folding,
         )
@@ -170,4 +172,5 @@ class OnnxTemplate:
         with self._lock:
             for name, data in raw.items():
                 self._tensors[name].raw_data = data
-            return self._proto.SerializeToString()
+            data_out: bytes = self._proto.SerializeToString()
+            return data_out

@@ -122,8 +122,21 @@ class UpdateAdmission:
 
         Examples
         --------
+        >>> from schemas.update import ModelUpdate, PrivacyStamp
+        >>> stamp = PrivacyStamp(epsilon=1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.1,
+        ...                      steps=1, accountant="rdp")
         >>> gate = UpdateAdmission(max_staleness=1)
-        >>> UpdateAdmission(max_staleness=1).load_state_dict(gate.state_dict())
+        >>> for r in (3, 7):
+        ...     _ = gate.admit(ModelUpdate(node_id="n1", task="t", round=r, base_version=5,
+        ...                                num_examples=1, metrics={}, privacy=stamp, delta={}),
+        ...                    current_version=5)
+        >>> gate.state_dict()
+        {'kind': 'edgeveil.update_admission.v1', 'max_staleness': 1, 'replay_window': 1024,
+         'seen': [['t', 'n1', [3, 7]]]}
+        >>> restored = UpdateAdmission(max_staleness=1)
+        >>> restored.load_state_dict(gate.state_dict())
+        >>> restored.seen("n1", task="t")
+        (3, 7)
         """
         return {
             "kind": _STATE_KIND,

@@ -83,7 +83,7 @@ _PRIVACY_KEYS = frozenset(
     {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant"}
 )
 _local = threading.local()
-_WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+_WIRE_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
 _DTYPE_NAMES: dict[Any, str] = {}  # np.dtype(x).name of the expected dtypes seen so far
 
 

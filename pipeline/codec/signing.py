@@ -86,7 +86,14 @@ def verify(message: bytes | memoryview, signature: bytes, *, public_key: bytes) 
     Examples
     --------
     >>> private, public = generate_keypair()
-    >>> verify(b"hi", sign(b"hi", private_key=private), public_key=public)  # no error
+    >>> signature = sign(b"hi", private_key=private)
+    >>> verify(b"hi", signature, public_key=public) is None  # no error: the signature matches
+    True
+    >>> try:
+    ...     verify(b"ho", signature, public_key=public)
+    ... except SignatureError as err:
+    ...     print(err.reason)
+    bad_signature
     """
     _verify_with(nacl.signing.VerifyKey(public_key), message, signature)
 

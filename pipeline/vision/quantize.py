@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -87,11 +89,15 @@ def quantize_nanodet(out: Path, *, model: Path | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
-        with np.errstate(divide="ignore", invalid="ignore"):  # constant tensors: zero range
+        # onnxruntime's calibrator print()s its progress; it goes to the debug log instead
+        chatter = io.StringIO()
+        with np.errstate(divide="ignore", invalid="ignore"), contextlib.redirect_stdout(chatter):
+            # constant tensors have a zero range: numpy's divide/invalid warnings are expected
             quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["Conv"], per_channel=True,
                             calibrate_method=CalibrationMethod.Percentile,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
     log.info("int8 NanoDet written to %s (%d calibration frames)", out, len(imgs))
     return out
 

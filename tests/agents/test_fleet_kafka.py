@@ -119,6 +119,23 @@ def _count(settings: Settings, topic: str) -> int:
         c.close()
 
 
+def _two_heartbeats_later(fleet, timeout: float = 30) -> None:
+    """Return once the page has taken two new heartbeats from every node (a heartbeat resets the
+    row's ``heartbeat_age_s``, so the age going down between two scrapes is one)."""
+    prev: dict[str, float | None] = {}
+    beats = dict.fromkeys(fleet.nodes, 0)
+
+    def two_each() -> bool:
+        for r in fleet.json()["rows"]:
+            age, before = r["heartbeat_age_s"], prev.get(r["node_id"])
+            if age is not None and before is not None and age < before:
+                beats[r["node_id"]] = beats.get(r["node_id"], 0) + 1
+            prev[r["node_id"]] = age
+        return all(beats[n] >= 2 for n in fleet.nodes)
+
+    fleet.wait(two_each, timeout, f"two new heartbeats from every node (so far {beats})")
+
+
 def _dlq(settings: Settings) -> list[DlqEntry]:
     return [DlqEntry.from_headers(r.headers) for r in _records(settings, DLQ.name)]
 
@@ -322,7 +339,7 @@ def test_a_forged_control_message_changes_nothing_and_is_reported(fleet) -> None
     fams = _families(fleet.metrics())
     assert _total(fams["edgeveil_control_messages"], outcome="rejected",
                   reason="bad_signature") == 1
-    time.sleep(4)  # two heartbeats later, nobody moved
+    _two_heartbeats_later(fleet)  # and nobody moved
     assert fleet.served() == {n: ("alive", 1) for n in fleet.nodes}
     assert json.loads(fleet.cli("model", "status"))["seq"] == current.seq
 
@@ -356,7 +373,7 @@ def test_a_model_that_fails_the_edge_checks_is_never_served(fleet) -> None:
     assert {(e.agent, e.source_topic) for e in entries} == {("edge", MODELS.name)}
     doc = fleet.wait(lambda: (d := fleet.json())["header"]["rollout"]["seq"] == serve3.seq and d,
                      10, "the command is in force")
-    time.sleep(4)
+    _two_heartbeats_later(fleet)
     doc = fleet.json()
     assert {(r["model_version"], r["wanted_version"], r["pending"]) for r in doc["rows"]} == {
         (1, 3, True)}

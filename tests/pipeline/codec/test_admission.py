@@ -28,9 +28,13 @@ def test_replay_rejected_with_reason(make_update: UpdateFactory) -> None:
 
 def test_same_round_other_node_or_task_is_not_a_replay(make_update: UpdateFactory) -> None:
     gate = UpdateAdmission()
-    gate.admit(make_update(round=3, base_version=7), current_version=7)
-    gate.admit(make_update(round=3, base_version=7, node_id="node-2"), current_version=7)
-    gate.admit(make_update(round=3, base_version=7, task="other"), current_version=7)
+    assert gate.admit(make_update(round=3, base_version=7), current_version=7) == 0
+    assert gate.admit(make_update(round=3, base_version=7, node_id="node-2"),
+                      current_version=7) == 0
+    assert gate.admit(make_update(round=3, base_version=7, task="other"), current_version=7) == 0
+    assert gate.seen("node-1", task="akl-ped") == (3,)
+    assert gate.seen("node-2", task="akl-ped") == (3,)
+    assert gate.seen("node-1", task="other") == (3,)
 
 
 def test_stale_rejected_with_reason(make_update: UpdateFactory) -> None:
@@ -59,8 +63,10 @@ def test_rejected_update_is_not_recorded(make_update: UpdateFactory) -> None:
 
 def test_check_does_not_record(make_update: UpdateFactory) -> None:
     gate = UpdateAdmission()
-    gate.check(make_update(), current_version=7)
-    gate.admit(make_update(), current_version=7)
+    assert gate.check(make_update(), current_version=7) == 0
+    assert gate.seen("node-1", task="akl-ped") == ()
+    assert gate.admit(make_update(), current_version=7) == 0  # not a replay of the check
+    assert gate.seen("node-1", task="akl-ped") != ()
 
 
 def test_out_of_order_rounds_within_window_are_admitted(make_update: UpdateFactory) -> None:

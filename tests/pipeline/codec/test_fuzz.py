@@ -39,18 +39,28 @@ json_values = st.recursive(
 )
 
 
-def _decode_or_codec_error(data: bytes) -> None:
+def _assert_update_or_codec_error(data: bytes) -> None:
+    """``data`` decodes to a ModelUpdate or raises a CodecError with a reason; nothing else."""
     try:
-        decode_update(data, keys=_KEYS)
+        update = decode_update(data, keys=_KEYS)
     except CodecError as err:
         assert err.reason and isinstance(err.reason, str)
+    else:
+        assert isinstance(update, ModelUpdate) and update.node_id == NODE
+
+
+def _assert_codec_error(data: bytes) -> None:
+    with pytest.raises(CodecError) as info:
+        decode_update(data, keys=_KEYS)
+    assert info.value.reason and isinstance(info.value.reason, str)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
-    _decode_or_codec_error(data)
-    _decode_or_codec_error(b"EVU\x01" + data)
+    # unsigned garbage never decodes, with or without a valid magic and version
+    _assert_codec_error(data)
+    _assert_codec_error(b"EVU\x01" + data)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -58,7 +68,7 @@ def test_random_bytes(data: bytes) -> None:
 def test_signed_header_with_any_json_value(key: str, value: Any) -> None:
     header = json.loads(json.dumps(_HEADER))
     header[key] = value
-    _decode_or_codec_error(_sign_frame(NODE, header, _PAYLOAD, private_key=_PRIVATE))
+    _assert_update_or_codec_error(_sign_frame(NODE, header, _PAYLOAD, private_key=_PRIVATE))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,13 +80,13 @@ def test_signed_header_with_any_json_value(key: str, value: Any) -> None:
 def test_signed_tensor_spec_with_any_json_value(index: int, field: str, value: Any) -> None:
     header = json.loads(json.dumps(_HEADER))
     header["tensors"][index][field] = value
-    _decode_or_codec_error(_sign_frame(NODE, header, _PAYLOAD, private_key=_PRIVATE))
+    _assert_update_or_codec_error(_sign_frame(NODE, header, _PAYLOAD, private_key=_PRIVATE))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=st.binary(max_size=200))
 def test_signed_random_payload(payload: bytes) -> None:
-    _decode_or_codec_error(_sign_frame(NODE, _HEADER, payload, private_key=_PRIVATE))
+    _assert_update_or_codec_error(_sign_frame(NODE, _HEADER, payload, private_key=_PRIVATE))
 
 
 @pytest.mark.parametrize("compression", ["float32", "float16", "int8"])

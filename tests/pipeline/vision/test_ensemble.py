@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from pipeline.vision import (
@@ -59,11 +57,13 @@ def test_every_k_carries_boxes_forward_and_grows_them() -> None:
 
 def test_background_error_fails_the_frame_closed() -> None:
     det = FailsLater()
-    fc = FailClosedAnonymizer(EnsembleDetector([Background(det)]), policy=AnonymizeMode.BLUR)
+    bg = Background(det)
+    fc = FailClosedAnonymizer(EnsembleDetector([bg]), policy=AnonymizeMode.BLUR)
     outs = []
     for f in _frames(6):
         outs.append(fc(f))
-        time.sleep(0.02)  # let the background thread finish
+        # the run this frame started is over (it set the idle event), so the next frame sees it
+        assert bg._idle.wait(timeout=10), "the background run did not finish"
     assert det.calls >= 2
     assert fc.stats.errors >= 1
     failed = [o for o in outs if o is not None and o.metadata["fail_closed"]]

@@ -103,7 +103,10 @@ def test_live_mjpeg_stream_reconnects_after_drop(mjpeg_server) -> None:  # type:
 def test_live_source_drops_oldest_when_consumer_is_slow(mjpeg_server) -> None:  # type: ignore[no-untyped-def]
     mjpeg_server.drop_after = 0
     src = LiveSource(mjpeg_server.url, buffer_size=2, max_frames=3)
-    time.sleep(0.6)  # ~15 frames arrive while nobody reads
+    deadline = time.monotonic() + 30
+    while src.captured < 15 and time.monotonic() < deadline:  # frames arrive, nobody reads
+        time.sleep(0.02)
+    assert src.captured >= 15, f"the camera delivered {src.captured} frames in 30 s"
     frames = list(src)
     assert src.dropped >= 5
     assert frames[0].seq >= 5  # the oldest were dropped, the newest kept
