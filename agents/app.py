@@ -1,11 +1,12 @@
 """The faust application of EdgeVeil: one App, configured from :mod:`agents.settings`.
 
-Run a worker with::
+:func:`make_app` builds each worker's App. This module's own ``app`` is the echo app (one agent,
+:mod:`agents.echo`, imported through ``autodiscover``)::
 
     faust -A agents.app worker -l info
 
-The agent modules (``agents/echo.py`` …) register their agents on this app when imported; the
-``autodiscover`` list below imports them.
+EdgeVeil's agents are registered by the modules that build their apps:
+``faust -A agents.aggregator worker`` and ``faust -A agents.edge worker``.
 """
 
 from __future__ import annotations

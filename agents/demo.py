@@ -13,7 +13,6 @@ import html
 import io
 import json
 import logging
-import os
 import shutil
 import socket
 import time
@@ -468,7 +467,9 @@ def write_report(path: Path, state: DemoState, summary: dict[str, Any],
 
 def default_camera() -> Path | None:
     """vtest.avi when installed and the vision pipeline is present, else None."""
-    if os.environ.get("EDGEVEIL_DEMO_CAMERA") == "0":
+    from agents.settings import load_settings
+
+    if not load_settings().demo_camera:
         return None
     try:
         from pipeline.assets import locate

@@ -34,6 +34,7 @@ from typing import Any
 
 from agents import federation
 from agents.app import make_app, settings
+from agents.settings import load_settings
 from agents.topics import ANALYTICS, CONTROL, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
 from pipeline.codec import CodecError
 from pipeline.serving import EdgeModels
@@ -109,7 +110,8 @@ class _Edge:
         self.cfg = federation.load_config(self.root)
         self.aggregator_pub = federation.aggregator_public_key(self.root)
         passphrase = settings.passphrase()
-        self.node_ids = select_nodes(os.environ.get("EDGEVEIL_EDGE_NODES", "all"), self.cfg.nodes)
+        env = load_settings()  # read when the worker starts its edge, as the run dir is
+        self.node_ids = select_nodes(env.edge_nodes or "all", self.cfg.nodes)
         self.task = get_task(self.cfg.task, **self.cfg.task_kwargs)
         self.nodes: dict[str, Any] = {}
         # the same per-node batch sizes as `edgeveil simulate`: one sample rate for every node of
@@ -151,17 +153,17 @@ class _Edge:
         self.proc = psutil.Process()
         self.proc.cpu_percent(None)  # starts the CPU measurement the heartbeats report
         self.camera: Any = None
-        self.camera_node = os.environ.get("EDGEVEIL_CAMERA_NODE", "")
-        uri = os.environ.get("EDGEVEIL_CAMERA")
+        self.camera_node = env.camera_node or ""
+        uri = env.camera
         if uri and self.camera_node in self.nodes:
             from pipeline.edge_camera import CameraLoop
 
             self.camera = CameraLoop(
                 int(uri) if uri.isdigit() else uri,
-                interval_s=float(os.environ.get("EDGEVEIL_CAMERA_INTERVAL_S", "10")),
-                target_fps=float(os.environ.get("EDGEVEIL_CAMERA_FPS", "5")),
+                interval_s=env.camera_interval_s,
+                target_fps=env.camera_fps,
                 series_csv=self.root / "series" / f"{self.camera_node}.csv",
-                preview_every_s=float(os.environ.get("EDGEVEIL_PREVIEW_EVERY_S", "10")))
+                preview_every_s=env.preview_every_s)
             self.camera.start()
             log.info("camera %s feeds node %s", uri, self.camera_node)
         log.info("edge worker serves %d nodes: %s", len(self.nodes), ", ".join(self.node_ids))

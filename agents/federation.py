@@ -23,7 +23,6 @@ layout keeps the demo and the tests self-contained.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -70,7 +69,7 @@ class FederationConfig:
 
 def run_dir() -> Path:
     """The run directory named by ``EDGEVEIL_RUN_DIR`` (an error names the variable if unset)."""
-    value = os.environ.get("EDGEVEIL_RUN_DIR")
+    value = load_settings().run_dir
     if not value:
         raise RuntimeError(
             "EDGEVEIL_RUN_DIR is not set: point it at a federation run directory "

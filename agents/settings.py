@@ -51,6 +51,23 @@ class Settings:
     #: the fleet page marks a node stale when its last heartbeat is older than this (seconds;
     #: edges send one every 2 s)
     fleet_stale_s: float = 10.0
+    #: the local cache (venv, Kafka jars, broker data, assets). pipeline/ cannot import agents,
+    #: so :mod:`pipeline.assets` reads ``EDGEVEIL_CACHE`` itself; this field documents it and
+    #: is what agents pass on
+    cache: str = str(cache_dir())
+    #: federation run directory (config, keys, ledgers, models) of ``edgeveil aggregator/edge``
+    run_dir: str | None = None
+    #: nodes an edge worker hosts: ``all``, 1-based positions ``1-11``, or comma-separated ids
+    edge_nodes: str = "all"
+    #: an edge worker's camera (file, URL or V4L2 index) and the node it feeds
+    camera: str | None = None
+    camera_node: str | None = None
+    camera_fps: float = 5.0
+    camera_interval_s: float = 10.0
+    #: one anonymized preview frame per this many seconds (0 = none)
+    preview_every_s: float = 10.0
+    #: ``edgeveil demo`` feeds vtest.avi to a node when installed; false turns that off
+    demo_camera: bool = True
 
     @property
     def faust_broker(self) -> str:
@@ -128,8 +145,23 @@ _ENV_PREFIX = "EDGEVEIL_"
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
+#: ``EDGEVEIL_*`` names that are not :class:`Settings` fields: the config file's own path, the
+#: per-asset overrides of :func:`pipeline.assets.locate` and the test suite's artifact directory
+NOT_FIELDS = ("EDGEVEIL_CONFIG", "EDGEVEIL_ASSET_<NAME>", "EDGEVEIL_TEST_ARTIFACTS")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _coerce(name: str, raw: Any) -> Any:
     target = {f.name: f.type for f in fields(Settings)}[name]
+    if target in ("bool", bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ValueError(f"{name} must be a boolean ({'/'.join(_TRUE + _FALSE)}), got {raw!r}")
+        return text in _TRUE
     if target in ("int", int):
         return int(raw)
     if name == "security_protocol":
@@ -140,6 +172,12 @@ def _coerce(name: str, raw: Any) -> Any:
     if target in ("float", float):
         return float(raw)
     return raw if raw != "" else None
+
+
+def default_run_dir() -> Path:
+    """The CLI's default run directory: ``run_dir`` when set (``EDGEVEIL_RUN_DIR`` or the config
+    file), else ``out/run``."""
+    return Path(load_settings().run_dir or "out/run")
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

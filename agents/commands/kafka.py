@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from agents import kafka_harness as kh
+from agents.settings import default_run_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         secure: bool = typer.Option(False, "--secure", help="Mutual TLS on every listener, "
                                     "StandardAuthorizer, no ACL = deny, super user admin "
                                     "(certificates from --run-dir)."),
-        run_dir: Path = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+        run_dir: Path = typer.Option(default_run_dir(),
                                      help="Federation run directory whose tls/ the secured "
                                      "broker uses (`edgeveil federation init`)."),
     ) -> None:

@@ -9,12 +9,13 @@ correctly signed commands that are newer than the one they applied.
 from __future__ import annotations
 
 import getpass
-import os
 import socket
 import time
 from pathlib import Path
 
 import typer
+
+from agents.settings import default_run_dir
 
 
 def _run_dir(run_dir: Path) -> Path:
@@ -95,7 +96,7 @@ def _issue(run_dir: Path, version: int, build: str, target: list[str] | None) ->
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Staged rollout of global models: canary groups and rollback.",
                         no_args_is_help=True)
-    run_dir_opt = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+    run_dir_opt = typer.Option(default_run_dir(),
                                "--run-dir", help="Federation run directory (holds the key that "
                                "signs models and rollout commands).")
 

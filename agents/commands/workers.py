@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from agents.settings import default_run_dir
+
 if TYPE_CHECKING:
     from agents.settings import Settings
 
@@ -154,7 +156,7 @@ def register(app: typer.Typer) -> None:
 
     @fed.command("acls")
     def acls_cmd(
-        run_dir: Path = typer.Argument(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+        run_dir: Path = typer.Argument(default_run_dir(),
                                        help="Federation run directory."),
         aggregator_app_id: str = typer.Option(None, help="The aggregator's faust app id "
                                               "(default: EDGEVEIL_APP_ID + '-aggregator')."),
@@ -187,7 +189,7 @@ def register(app: typer.Typer) -> None:
     @fed.command("revoke")
     def revoke_cmd(
         node: str = typer.Argument(..., help="Node id to revoke."),
-        run_dir: Path = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+        run_dir: Path = typer.Option(default_run_dir(),
                                      help="Federation run directory."),
     ) -> None:
         """Revoke NODE: remove its ACLs and take its key out of the aggregator's registry.
@@ -220,7 +222,7 @@ def register(app: typer.Typer) -> None:
     @fed.command("rotate")
     def rotate_cmd(
         node: str = typer.Argument(..., help="Node id whose keys to renew."),
-        run_dir: Path = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+        run_dir: Path = typer.Option(default_run_dir(),
                                      help="Federation run directory."),
         cert_days: int = typer.Option(365, min=1, help="Certificate lifetime in days."),
     ) -> None:
@@ -241,7 +243,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def aggregator(
-        run_dir: Path = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+        run_dir: Path = typer.Option(default_run_dir(),
                                      help="Federation run directory."),
         log_level: str = typer.Option("info"),
     ) -> None:
@@ -260,7 +262,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def edge(
         nodes: str = typer.Option("all", help="Nodes to host: all, 1-7, or node ids."),
-        run_dir: Path = typer.Option(Path(os.environ.get("EDGEVEIL_RUN_DIR", "out/run")),
+        run_dir: Path = typer.Option(default_run_dir(),
                                      help="Federation run directory."),
         log_level: str = typer.Option("info"),
     ) -> None:
