@@ -61,6 +61,7 @@ from pipeline.ledger import BudgetExceededError, PrivacyLedger, ledger_path
 from pipeline.ledger_analysis import Mechanism
 from pipeline.strategies import ClientResult, Strategy, make_strategy
 from pipeline.tasks import Task, TrainConfig, get_task
+from pipeline.tasks.base import Split
 from pipeline.weights import get_weights, set_weights, weight_delta, weight_shapes
 from schemas.update import ModelUpdate, PrivacyStamp
 
@@ -703,7 +704,7 @@ def simulate(
     batch_size: int | None = None,
     local_steps: int | None = None,
     eval_every: int = 1,
-    eval_split: str = "test",
+    eval_split: Split = "test",
     progress: Callable[[int, RoundRow], None] | None = None,
     workers: int | None = None,
     personalize_steps: int = 0,
@@ -845,7 +846,7 @@ def simulate(
 
     def _evaluate(weights: Mapping[str, np.ndarray]) -> dict[str, float]:
         set_weights(eval_model, weights)
-        return the_task.evaluate(eval_model, split=eval_split)  # type: ignore[arg-type]
+        return the_task.evaluate(eval_model, split=eval_split)
 
     metric_name = the_task.primary_metric
     rows: list[RoundRow] = []
@@ -878,7 +879,7 @@ def simulate(
                     aggregator.receive(data)
             result = aggregator.close_round(round=r)
             overlapped = pool is not None and r < rounds
-            if overlapped:
+            if pool is not None and overlapped:
                 # round r+1 trains from these weights while they are evaluated here
                 pool.submit(result.weights, round=r + 1, version=aggregator.version)
             if r % eval_every == 0 or r == rounds:
@@ -922,8 +923,8 @@ def simulate(
                     continue
                 personal[nid] = weights
                 set_weights(eval_model, weights)
-                personal_metrics[nid] = the_task.evaluate(  # type: ignore[call-arg]
-                    eval_model, split=eval_split, node_id=nid)  # type: ignore[arg-type]
+                personal_metrics[nid] = the_task.evaluate(
+                    eval_model, split=eval_split, node_id=nid)
     finally:
         if pool is not None:
             pool.close()
