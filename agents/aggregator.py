@@ -341,8 +341,12 @@ async def _close_round(rt: _Runtime) -> None:
     opened_at = coord.opened_at
     stored = {k: v for k in coord.buffer if (v := rt.pending.get(k)) is not None}
     outcome = coord.aggregate(rt.current_weights(), stored)
-    await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome,
-                   round_seconds=time.time() - opened_at if opened_at is not None else None)
+    if outcome.stepped:
+        await _publish(rt, version=outcome.version, weights=outcome.weights, outcome=outcome,
+                       round_seconds=time.time() - opened_at if opened_at is not None else None)
+    else:  # the strategy buffered the deltas (FedBuff below its buffer size): nothing new
+        log.info("%s: %d update(s) buffered by %s, no server step; still v%d",
+                 rt.cfg.task, len(outcome.participants), rt.cfg.strategy, coord.version)
     await _changelog_metadata()  # no await between this and the table writes below
     done = coord.commit(outcome)
     # state first: if the deletions below are lost, resume() finds these keys in `recent`

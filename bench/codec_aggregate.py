@@ -1,8 +1,11 @@
-"""Benchmark: decode + verify + FedAvg throughput of signed updates of a 100k-parameter model.
+"""Benchmark: decode + verify + admit + FedAvg throughput of signed updates of a 100k-parameter
+model, through the aggregation core the Kafka aggregator and ``simulate`` run.
 
 Run ``python bench/codec_aggregate.py [--updates N] [--nodes K]``; prints one JSON object.
-Single-threaded by construction (BLAS/OpenMP pinned to one thread); measures only public
-functions of ``pipeline.codec`` and ``pipeline.strategies``.
+Single-threaded by construction (BLAS/OpenMP pinned to one thread). The timed loop feeds
+``K``-node synchronous rounds to :class:`pipeline.simulation.InProcessServer` (the
+:class:`~pipeline.rounds.RoundCoordinator`: verify, decode, replay check, SHA-256, aggregate in
+key order, non-finite check), without a broker.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -27,7 +31,7 @@ from pipeline.codec import (  # noqa: E402
     generate_keypair,
     public_key_of,
 )
-from pipeline.strategies import ClientResult, RunningFedAvg  # noqa: E402
+from pipeline.simulation import InProcessServer  # noqa: E402
 from schemas.update import ModelUpdate, PrivacyStamp  # noqa: E402
 
 SHAPES = {"fc1.weight": (300, 256), "fc1.bias": (300,), "fc2.weight": (80, 300), "fc2.bias": (80,)}
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": params,
         "raw_float32_bytes": raw_bytes,
         "updates_per_compression": args.updates,
+        "nodes_per_round": args.nodes,
         "results": {},
     }
     results: dict[str, object] = {}
@@ -92,16 +97,27 @@ def main(argv: list[str] | None = None) -> int:
                 max_abs = max(max_abs, float(np.abs(err).max()))
                 sq_err += float(np.vdot(err, err))
                 sq_ref += float(np.vdot(ref, ref))
-        # timed: decode + verify + running FedAvg
-        running = RunningFedAvg()
+        # one frame per (round, node): the coordinator admits each (node, round) once
+        rounds = -(-args.updates // args.nodes)
+        by_round = [
+            [encode_update(dataclasses.replace(update, round=r + 1, base_version=r),
+                           private_key=private, compression=comp, level=level)
+             for update, private in population]
+            for r in range(rounds)
+        ]
+        server = InProcessServer.build(
+            task="bench", keys=keys, nodes=args.nodes,
+            initial={k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
+        # timed: verify + decode + admit + FedAvg, round by round
         start = time.perf_counter()
-        for i in range(args.updates):
-            u = decode_update(frames[i % len(frames)], keys=keys, expected=expected)
-            running.add(
-                ClientResult(node_id=u.node_id, delta=dict(u.delta), num_examples=u.num_examples)
-            )
-        running.result()
+        done = 0
+        for r in range(rounds):
+            for frame in by_round[r][: args.updates - done]:
+                server.receive(frame)
+            done += len(server.coordinator.buffer)
+            server.end_round()
         elapsed = time.perf_counter() - start
+        assert server.version == rounds and done == args.updates
         size = float(np.mean([len(f) for f in frames]))
         results[label] = {
             "zstd_level": level,

@@ -123,6 +123,11 @@ class RoundOutcome:
     delta: float
     update_bytes: dict[str, int]
     metrics: dict[str, float] = field(default_factory=dict)
+    #: False when the strategy applied no server step (FedBuff still filling its buffer, or
+    #: nothing left to aggregate): ``version`` and ``weights`` are then the current ones and the
+    #: caller publishes nothing, though :meth:`RoundCoordinator.commit` still consumes the buffer
+    #: (its deltas now wait inside the strategy).
+    stepped: bool = True
 
 
 class RoundCoordinator:
@@ -299,7 +304,40 @@ class RoundCoordinator:
 
         Keys of the buffer missing from ``stored`` are dropped from the buffer and left out (the
         caller lost them; at-least-once delivery brings them back). Call :meth:`commit` after the
-        new model is published.
+        new model is published (or, when :attr:`RoundOutcome.stepped` is false, without
+        publishing: the version did not change).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pipeline.codec import KeyRegistry, encode_update, generate_keypair
+        >>> from pipeline.strategies import make_strategy
+        >>> from schemas.update import ModelUpdate, PrivacyStamp
+        >>> keys, signers = KeyRegistry(), {}
+        >>> for node in ("a", "b", "c"):
+        ...     signers[node], public = generate_keypair()
+        ...     keys.register(node, public)
+        >>> coord = RoundCoordinator(task="t", keys=keys, expected={"w": ((2,), "float32")},
+        ...                          strategy=make_strategy("fedbuff", buffer_size=2),
+        ...                          policy=RoundPolicy(mode="async", buffer_size=1))
+        >>> def update(node, base, value):
+        ...     stamp = PrivacyStamp(epsilon=1.0, delta=1e-5, noise_multiplier=1.0,
+        ...                          sample_rate=0.1, steps=1, accountant="rdp")
+        ...     u = ModelUpdate(task="t", node_id=node, round=1, base_version=base,
+        ...                     num_examples=10, metrics={}, privacy=stamp,
+        ...                     delta={"w": np.full(2, value, np.float32)})
+        ...     return encode_update(u, private_key=signers[node], compression="float32")
+        >>> weights, stored = {"w": np.zeros(2, np.float32)}, {}
+        >>> for node, value in (("a", 1.0), ("b", 3.0)):
+        ...     offer = coord.offer(data := update(node, 0, value), now=0.0)
+        ...     stored[offer.key] = data
+        ...     outcome = coord.aggregate(weights, stored)
+        ...     print(node, outcome.stepped, outcome.version, outcome.weights["w"].tolist())
+        ...     weights = outcome.weights
+        ...     for key in coord.commit(outcome):
+        ...         del stored[key]
+        a False 0 [0.0, 0.0]
+        b True 1 [2.0, 2.0]
         """
         results: list[ClientResult] = []
         eps: dict[str, float] = {}
@@ -331,11 +369,13 @@ class RoundCoordinator:
                 metric_weights[name] = metric_weights.get(name, 0) + u.num_examples
         new = self.strategy.aggregate(global_weights, results)
         self._strategy_state = _UNSET
+        # a buffering strategy (FedBuff) says how many server steps this call applied
+        stepped = bool(results) and int(getattr(self.strategy, "last_steps", 1)) > 0
         for name, arr in new.items():
             if not np.isfinite(arr).all():
                 raise ValueError(f"aggregate of tensor {name!r} is not finite")
         return RoundOutcome(
-            version=self.version + 1, weights=new,
+            version=self.version + 1 if stepped else self.version, weights=new, stepped=stepped,
             participants=tuple(r.node_id for r in results), num_examples=total,
             epsilon_by_node=eps, delta=delta, update_bytes=sizes,
             # the nodes' own reported metrics, example-weighted (the aggregator holds no data)

@@ -2,14 +2,16 @@
 
 :class:`EdgeNode` is one edge device: it holds its task partition, its durable
 :class:`~pipeline.ledger.PrivacyLedger` and its signing key, and turns a global model into signed,
-compressed update bytes (:meth:`EdgeNode.train_round`). :class:`Aggregator` verifies and decodes
-those bytes, admits each (node, round) once, and combines the deltas with a strategy from
-:func:`pipeline.strategies.make_strategy` (:meth:`Aggregator.receive`,
-:meth:`Aggregator.close_round`). :func:`simulate` wires N nodes and an aggregator together with
-function calls instead of Kafka topics; the agents use the same two classes with a real transport.
+compressed update bytes (:meth:`EdgeNode.train_round`). The aggregator side is
+:class:`InProcessServer`: the :class:`~pipeline.rounds.RoundCoordinator` the Kafka aggregator agent
+runs (verify, admit each (node, round) once, aggregate in key order with a strategy from
+:func:`pipeline.strategies.make_strategy`, publish a version only when the strategy stepped),
+driven by function calls instead of a topic. :func:`simulate` wires N nodes to it, in ``sync``
+rounds or ``async`` (FedBuff) with real staleness; the same updates give bit-identical global
+weights here and over Kafka (``tests/agents/test_sim_kafka_identical.py``).
 By default :func:`simulate` forks one worker process per CPU and each worker keeps its share of
 the nodes (data, ledger, key) for the whole run: global weights go in, signed update bytes come
-out, and the aggregator receives them in node order, so the layout does not change the result.
+out, and the server receives them in node order, so the layout does not change the result.
 
 Order of operations inside :meth:`EdgeNode.train_round` (privacy invariant 3):
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -49,28 +52,27 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.codec import (
+    CodecError,
     Compression,
     KeyRegistry,
-    UpdateAdmission,
-    decode_update,
     encode_update,
     generate_keypair,
 )
 from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
 from pipeline.ledger import BudgetExceededError, PrivacyLedger, ledger_path
 from pipeline.ledger_analysis import Mechanism
-from pipeline.strategies import ClientResult, Strategy, make_strategy
+from pipeline.rounds import RoundCoordinator, RoundOutcome, RoundPolicy
+from pipeline.strategies import make_strategy
 from pipeline.tasks import Task, TrainConfig, get_task
 from pipeline.tasks.base import Split
-from pipeline.weights import get_weights, set_weights, weight_delta, weight_shapes
+from pipeline.weights import get_weights, set_weights, weight_delta
 from schemas.update import ModelUpdate, PrivacyStamp
 
 __all__ = [
-    "Aggregator",
     "EdgeNode",
+    "InProcessServer",
     "NO_DP_EPSILON",
     "PersonalLayers",
-    "RoundResult",
     "RoundRow",
     "SimulationResult",
     "simulate",
@@ -505,99 +507,84 @@ class _NodePool:
         self._conns, self._procs = [], []
 
 
-@dataclass(frozen=True)
-class RoundResult:
-    """What the aggregator did in one round.
+class InProcessServer:
+    """The aggregator side of :func:`simulate`.
 
-    Attributes
-    ----------
-    round, version
-        The closed round and the new global version.
-    node_ids
-        Nodes whose update was aggregated, in arrival order.
-    epsilons
-        ε each aggregated node stamped on its update.
-    update_bytes
-        Encoded size of each aggregated update.
-    weights
-        The new global weights.
-    """
-
-    round: int
-    version: int
-    node_ids: tuple[str, ...]
-    epsilons: Mapping[str, float]
-    update_bytes: Mapping[str, int]
-    weights: Mapping[str, np.ndarray] = field(repr=False)
-
-
-class Aggregator:
-    """Verify, admit and aggregate updates of one task.
-
-    Parameters
-    ----------
-    task_name
-        Updates for another task are rejected.
-    initial_weights
-        Global model version 0.
-    strategy
-        A :class:`pipeline.strategies.Strategy` (e.g. ``make_strategy("fedavg")``).
-    keys
-        Public keys of the admitted nodes.
-    admission
-        Replay/staleness gate (default: synchronous rounds).
+    A :class:`~pipeline.rounds.RoundCoordinator` driven as the Kafka aggregator agent drives
+    it — offer each update as it arrives, aggregate when :meth:`~RoundCoordinator.due` (async) or
+    when the round ends (sync), publish a version only when the strategy stepped, commit — with
+    the admitted bytes in a dict instead of a changelog table. Built by :meth:`build`.
 
     Examples
     --------
-    See :func:`simulate`.
+    >>> import numpy as np
+    >>> from pipeline.codec import KeyRegistry
+    >>> server = InProcessServer.build(task="t", keys=KeyRegistry(),
+    ...                                initial={"w": np.zeros(2, np.float32)}, nodes=3,
+    ...                                strategy="fedbuff", strategy_options={"buffer_size": 2},
+    ...                                mode="async", buffer_size=2)
+    >>> server.version, server.coordinator.policy.buffer_size
+    (0, 2)
     """
 
-    def __init__(self, *, task_name: str, initial_weights: Mapping[str, np.ndarray],
-                 strategy: Strategy, keys: KeyRegistry,
-                 admission: UpdateAdmission | None = None) -> None:
-        self.task_name = task_name
-        self.weights: Weights = {k: np.asarray(v, np.float32).copy()
-                                 for k, v in initial_weights.items()}
-        self.strategy = strategy
-        self.keys = keys
-        self.admission = admission or UpdateAdmission(max_staleness=0)
-        self.version = 0
-        self._expected = weight_shapes(self.weights)
-        self._pending: list[tuple[ModelUpdate, int, int]] = []
+    def __init__(self, coordinator: RoundCoordinator, initial: Mapping[str, np.ndarray], *,
+                 keep_history: bool = False) -> None:
+        self.coordinator = coordinator
+        self.weights: Weights = {k: np.asarray(v, np.float32).copy() for k, v in initial.items()}
+        self.stored: dict[str, bytes] = {}
+        #: with ``keep_history``: the weights of every version made, by version (0: initial)
+        self.history: dict[int, Weights] = {0: self.weights} if keep_history else {}
+        self._keep_history = keep_history
 
-    def receive(self, data: bytes) -> ModelUpdate:
-        """Verify, decode and admit one encoded update for the current round.
+    @classmethod
+    def build(cls, *, task: str, keys: KeyRegistry, initial: Mapping[str, np.ndarray],
+              nodes: int, strategy: str = "fedavg",
+              strategy_options: Mapping[str, Any] | None = None,
+              mode: Literal["sync", "async"] = "sync", buffer_size: int | None = None,
+              max_staleness: int = 4, keep_history: bool = False) -> InProcessServer:
+        """The coordinator :func:`simulate` uses: sync rounds close when all ``nodes`` arrived;
+        async aggregates every ``buffer_size`` (default ``nodes``) admitted updates."""
+        policy = RoundPolicy(mode=mode, quorum=nodes, buffer_size=buffer_size or nodes,
+                             max_staleness=max_staleness, deadline_s=math.inf)
+        coordinator = RoundCoordinator(
+            task=task, keys=keys, policy=policy,
+            expected={k: (tuple(v.shape), "float32") for k, v in initial.items()},
+            strategy=make_strategy(strategy, **dict(strategy_options or {})))
+        return cls(coordinator, initial, keep_history=keep_history)
 
-        Raises
-        ------
-        pipeline.codec.CodecError
-            bad signature, unknown node, wrong shapes, replay, stale, … (carries a reason).
-        ValueError
-            the update is for another task.
+    @property
+    def version(self) -> int:
+        return self.coordinator.version
+
+    def receive(self, data: bytes, *, now: float = 0.0) -> tuple[ModelUpdate, int]:
+        """Admit one update and, in async mode, aggregate if the buffer is full.
+
+        Returns the update and its staleness τ. Raises :class:`~pipeline.codec.CodecError`
+        (with the reason the agent would send to the DLQ) if it is refused.
         """
-        update = decode_update(data, keys=self.keys, expected=self._expected)
-        if update.task != self.task_name:
-            raise ValueError(f"update for task {update.task!r}, aggregator runs {self.task_name!r}")
-        staleness = self.admission.admit(update, current_version=self.version)
-        self._pending.append((update, staleness, len(data)))
-        return update
+        offer = self.coordinator.offer(data, now=now)
+        if not offer.duplicate:
+            self.stored[offer.key] = data
+            if self.coordinator.policy.mode == "async" and self.coordinator.due(now=now):
+                self.close()
+        return offer.update, offer.staleness
 
-    def close_round(self, *, round: int) -> RoundResult:
-        """Aggregate the received updates into a new global version (unchanged if none came)."""
-        pending, self._pending = self._pending, []
-        if pending:
-            results = [ClientResult(node_id=u.node_id, delta=dict(u.delta),
-                                    num_examples=u.num_examples, staleness=s)
-                       for u, s, _ in pending]
-            self.weights = self.strategy.aggregate(self.weights, results)
-            self.version += 1
-        else:
-            logger.warning("round %d closed with no updates; global model unchanged", round)
-        return RoundResult(round=round, version=self.version,
-                           node_ids=tuple(u.node_id for u, _, _ in pending),
-                           epsilons={u.node_id: u.privacy.epsilon for u, _, _ in pending},
-                           update_bytes={u.node_id: n for u, _, n in pending},
-                           weights=self.weights)
+    def end_round(self) -> RoundOutcome | None:
+        """Sync mode: aggregate what arrived this round (``None`` if nothing did)."""
+        if self.coordinator.policy.mode != "sync" or not self.coordinator.buffer:
+            return None
+        return self.close()
+
+    def close(self) -> RoundOutcome:
+        """Aggregate the buffer; the weights and version move only if the strategy stepped."""
+        outcome = self.coordinator.aggregate(self.weights, self.stored)
+        if outcome.stepped:
+            self.weights = {k: np.asarray(v, np.float32) for k, v in outcome.weights.items()}
+            if self._keep_history:
+                self.history[outcome.version] = self.weights
+        for key in self.coordinator.commit(outcome):
+            self.stored.pop(key, None)
+        return outcome
 
 
 @dataclass(frozen=True)
@@ -614,6 +601,12 @@ class RoundRow:
     raw_float32_bytes: int
     seconds: float
     nodes_refused: tuple[str, ...] = ()
+    #: global version after this round (in ``async`` mode it may move several times a round)
+    version: int = 0
+    #: updates the aggregator refused this round, ``node: reason`` (e.g. ``stale`` in async mode)
+    updates_rejected: tuple[str, ...] = ()
+    #: staleness τ of each admitted update this round (all 0 in ``sync`` mode)
+    staleness: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -715,6 +708,9 @@ def simulate(
     momentum: float | None = None,
     personalize_optimizer: Literal["sgd", "adam"] | None = None,
     keep_optimizer_state: bool = False,
+    mode: Literal["sync", "async"] = "sync",
+    buffer_size: int | None = None,
+    max_staleness: int = 4,
 ) -> SimulationResult:
     """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
 
@@ -756,7 +752,7 @@ def simulate(
         the workers by batch size). ``None`` (default): one per available CPU, at most one per
         node; ``1``: every node in this process, one after the other. A node's update depends
         only on the seed and its torch thread count, not on the worker layout: with one thread
-        per worker, 2 and 10 workers give the same result. Aggregation order is always node order.
+        per worker, 2 and 10 workers give the same result. Updates arrive in node order.
     personalize_steps, personalize_lr, personalize_layers, personalize_optimizer
         ``0`` (default): every node ends with the global model. ``n > 0``: after the last round
         every node fine-tunes the final global model with ``n`` more DP-SGD steps on its own data
@@ -766,6 +762,16 @@ def simulate(
         node's ``personal_metrics`` on ``eval_split``. ``personalize_optimizer`` and
         ``personalize_lr`` default to the local ones: set both when they differ (local SGD at
         lr 0.1, fine-tuning with Adam at 3e-4, as measured for pedestrian-forecast).
+    mode, buffer_size, max_staleness
+        How the aggregator closes rounds (:class:`~pipeline.rounds.RoundPolicy`). ``"sync"``
+        (default): every round, all nodes train from the current version and the round closes
+        once all of them have arrived. ``"async"``: the updates are offered one by one in node
+        order and the coordinator aggregates every ``buffer_size`` (default: the node count)
+        admitted updates, so with ``buffer_size`` below the node count the later updates of a
+        round arrive τ > 0 versions late (down-weighted by FedBuff; older than
+        ``max_staleness`` refused as ``stale``); each round's nodes then train from the newest
+        version. Use ``strategy="fedbuff"`` with the same ``buffer_size`` in
+        ``strategy_options`` for FedBuff; a version counts only when the strategy stepped.
     keep_optimizer_state
         Every node keeps its local optimizer's state from round to round (see
         :class:`EdgeNode`) instead of starting it fresh each round.
@@ -838,9 +844,10 @@ def simulate(
         edge.append(node)
     logger.info("simulate %s: %d nodes, %d rounds, eps=%s, sigma=%s", the_task.name, len(edge),
                 rounds, epsilon, sorted(set(round(s, 3) for s in sigmas.values())))
-    aggregator = Aggregator(task_name=the_task.name, initial_weights=initial,
-                            strategy=make_strategy(strategy, **dict(strategy_options or {})),
-                            keys=keys)
+    server = InProcessServer.build(task=the_task.name, keys=keys, initial=initial, nodes=len(edge),
+                                   strategy=strategy, strategy_options=strategy_options,
+                                   mode=mode, buffer_size=buffer_size,
+                                   max_staleness=max_staleness)
     raw_bytes = sum(int(v.size) * 4 for v in initial.values())
     eval_model = the_task.build_model()
 
@@ -857,7 +864,7 @@ def simulate(
     try:
         if pool is not None:
             # the nodes train round 1 while this process evaluates the initial model
-            pool.submit(aggregator.weights, round=1, version=aggregator.version)
+            pool.submit(server.weights, round=1, version=server.version)
             with _torch_threads(worker_threads):
                 initial_metrics = _evaluate(initial)
         else:
@@ -868,33 +875,46 @@ def simulate(
             if pool is not None:
                 outcomes, node_eps = pool.collect()
             else:
-                outcomes, node_eps = _train_nodes(edge, aggregator.weights, round=r,
-                                                  version=aggregator.version)
+                outcomes, node_eps = _train_nodes(edge, server.weights, round=r,
+                                                  version=server.version)
             refused: list[str] = []
-            for index, data, refusal in outcomes:
+            rejected: list[str] = []
+            update_sizes: list[int] = []
+            staleness: dict[str, int] = {}
+            for index, data, refusal in outcomes:  # arrival order: node order
                 if data is None:
                     logger.warning("%s", refusal)
                     refused.append(edge[index].node_id)
-                else:
-                    aggregator.receive(data)
-            result = aggregator.close_round(round=r)
+                    continue
+                try:
+                    update, tau = server.receive(data, now=float(r))
+                except CodecError as err:
+                    logger.warning("round %d: update of %s refused: %s", r,
+                                   edge[index].node_id, err)
+                    rejected.append(f"{edge[index].node_id}: {err.reason}")
+                    continue
+                update_sizes.append(len(data))
+                staleness[update.node_id] = tau
+            if server.end_round() is None and mode == "sync":
+                logger.warning("round %d closed with no updates; global model unchanged", r)
+            weights = server.weights
             overlapped = pool is not None and r < rounds
             if pool is not None and overlapped:
                 # round r+1 trains from these weights while they are evaluated here
-                pool.submit(result.weights, round=r + 1, version=aggregator.version)
+                pool.submit(weights, round=r + 1, version=server.version)
             if r % eval_every == 0 or r == rounds:
                 with _torch_threads(worker_threads if overlapped else caller_threads):
-                    metrics = _evaluate(result.weights)
+                    metrics = _evaluate(weights)
             eps = {n.node_id: node_eps[n.node_id] for n in edge}
             t1 = time.perf_counter()
             row = RoundRow(round=r, metric_name=metric_name,
                            metric=float(metrics[metric_name]),
                            metrics={k: v for k, v in metrics.items() if ":" not in k},
                            epsilon_max=max(eps.values()), epsilons=eps,
-                           bytes_per_update=float(np.mean(list(result.update_bytes.values())
-                                                          or [0])),
+                           bytes_per_update=float(np.mean(update_sizes or [0])),
                            raw_float32_bytes=raw_bytes, seconds=t1 - t0,
-                           nodes_refused=tuple(refused))
+                           nodes_refused=tuple(refused), version=server.version,
+                           updates_rejected=tuple(rejected), staleness=staleness)
             t0 = t1
             rows.append(row)
             if out_dir is not None:
@@ -911,10 +931,10 @@ def simulate(
                        "layers": personalize_layers, "round": rounds + 1,
                        "optimizer": personalize_optimizer}
             if pool is not None:
-                pool.submit_personalize(aggregator.weights, options)
+                pool.submit_personalize(server.weights, options)
                 done, node_eps = pool.collect()
             else:
-                done, node_eps = _personalize_nodes(edge, aggregator.weights, options=options)
+                done, node_eps = _personalize_nodes(edge, server.weights, options=options)
             final_eps = {n.node_id: node_eps[n.node_id] for n in edge}
             for index, weights, refusal in done:
                 nid = edge[index].node_id
@@ -931,7 +951,7 @@ def simulate(
     sim = SimulationResult(task=the_task.name, initial_metrics=initial_metrics,
                            rounds=tuple(rows), final_metrics=metrics,
                            epsilons=final_eps, noise_multipliers=sigmas,
-                           weights=aggregator.weights, seconds=seconds,
+                           weights=server.weights, seconds=seconds,
                            personal_weights=personal, personal_metrics=personal_metrics,
                            personal_seconds=(time.perf_counter() - t_personal
                                              if personalize_steps or local_head else 0.0))

@@ -11,8 +11,7 @@ import torch
 
 from pipeline.codec import CodecError, KeyRegistry, generate_keypair
 from pipeline.ledger import BudgetExceededError, PrivacyLedger
-from pipeline.simulation import Aggregator, EdgeNode, simulate
-from pipeline.strategies import make_strategy
+from pipeline.simulation import EdgeNode, InProcessServer, simulate
 from pipeline.tasks import get_task
 from pipeline.weights import get_weights
 
@@ -80,28 +79,57 @@ def test_edge_node_refuses_to_train_or_publish_over_budget(fashion, tmp_path):  
     assert ledger.epsilon() <= 1.0
 
 
-def test_aggregator_rejects_unverifiable_updates(fashion):  # type: ignore[no-untyped-def]
+def test_server_admits_a_node_update_once_and_refuses_tampering(fashion):  # type: ignore[no-untyped-def]
     private, public = generate_keypair()
     keys = KeyRegistry()
     keys.register("fmnist-00", public)
     weights = get_weights(fashion.build_model())
-    agg = Aggregator(task_name=fashion.name, initial_weights=weights,
-                     strategy=make_strategy("fedavg"), keys=keys)
+    server = InProcessServer.build(task=fashion.name, keys=keys, initial=weights, nodes=1)
     node = EdgeNode(node_id="fmnist-00", task=fashion, private_key=private,
-                    ledger=PrivacyLedger(node_id="fmnist-00", budget=5, delta=1e-5,
+                    ledger=PrivacyLedger(node_id="fmnist-00", budget=10, delta=1e-5,
                                          mechanism="rdp"),
                     noise_multiplier=1.0, batch_size=50,
                     train_config=replace(fashion.train_config, local_steps=5))
     data = node.train_round(weights, round=1, version=0)
     tampered = bytearray(data)
     tampered[-1] ^= 1
-    with pytest.raises(CodecError):
-        agg.receive(bytes(tampered))
-    agg.receive(data)
-    with pytest.raises(CodecError):  # replay of the same (node, round)
-        agg.receive(data)
-    result = agg.close_round(round=1)
-    assert result.version == 1 and result.node_ids == ("fmnist-00",)
+    with pytest.raises(CodecError) as err:
+        server.receive(bytes(tampered))
+    assert err.value.reason == "bad_signature"
+    update, tau = server.receive(data)
+    assert (update.node_id, tau) == ("fmnist-00", 0)
+    server.receive(data)  # a redelivery of the same bytes is a duplicate, dropped silently
+    assert len(server.stored) == 1
+    outcome = server.end_round()
+    assert outcome is not None and outcome.version == server.version == 1
+    assert outcome.participants == ("fmnist-00",)
+    server.receive(data)  # redelivered after the round closed: still a silent duplicate
+    other = node.train_round(weights, round=1, version=1)  # other bytes for the same (node, round)
+    with pytest.raises(CodecError) as err:
+        server.receive(other)
+    assert err.value.reason == "replay"
+    assert server.end_round() is None  # nothing arrived: no new version
+
+
+def test_async_fedbuff_simulation_sees_real_staleness(fashion):  # type: ignore[no-untyped-def]
+    # 3 nodes, a server step every 2 updates: in round 1 the third update arrives one version
+    # late, and so on; FedBuff down-weights them and a version counts only when it stepped
+    kw = dict(task=fashion, rounds=3, epsilon=8.0, accountant="rdp", seed=2, local_steps=3,
+              batch_size=50, lr=1.0, workers=1, mode="async", buffer_size=2,
+              strategy="fedbuff", strategy_options={"buffer_size": 2})
+    a = simulate(**kw)
+    taus = [dict(r.staleness) for r in a.rounds]
+    assert taus[0] == {"fmnist-00": 0, "fmnist-01": 0, "fmnist-02": 1}
+    assert any(t > 0 for row in taus[1:] for t in row.values())
+    # 9 updates, a step per 2 buffered: 4 versions, one update still waiting in the buffer
+    assert [r.version for r in a.rounds] == [1, 3, 4]
+    b = simulate(**kw)
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+    sync = simulate(**{**kw, "mode": "sync", "strategy": "fedavg", "strategy_options": {}})
+    assert [r.version for r in sync.rounds] == [1, 2, 3]
+    assert all(t == 0 for r in sync.rounds for t in r.staleness.values())
+    with pytest.raises(ValueError, match="mode"):
+        simulate(**{**kw, "mode": "sometimes"})
 
 
 def test_node_workers_change_nothing_but_speed(fashion, tmp_path):  # type: ignore[no-untyped-def]

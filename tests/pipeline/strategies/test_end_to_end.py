@@ -1,19 +1,12 @@
-"""Ten signed nodes -> decode -> admission -> robust aggregation, one node poisoned."""
+"""Ten signed nodes -> the aggregation core (verify, admit, robust aggregation), one poisoned."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.codec import (
-    CodecError,
-    KeyRegistry,
-    UpdateAdmission,
-    decode_update,
-    encode_update,
-    generate_keypair,
-)
-from pipeline.strategies import ClientResult, make_strategy
+from pipeline.codec import CodecError, KeyRegistry, encode_update, generate_keypair
+from pipeline.simulation import InProcessServer
 from schemas.update import ModelUpdate, PrivacyStamp
 
 STAMP = PrivacyStamp(
@@ -43,34 +36,30 @@ def test_round_trip_through_codec_and_admission(name: str) -> None:
             node_id=f"n{i}",
             task="t",
             round=5,
-            base_version=2,
+            base_version=0,
             num_examples=100,
             metrics={},
             privacy=STAMP,
             delta=delta,
         )
         frames.append(encode_update(u, private_key=private, compression="int8"))
-    frames.append(frames[2])  # at-least-once redelivery
-    gate = UpdateAdmission()
-    expected = {k: (s, "float32") for k, s in SHAPES.items()}
+    frames.append(frames[2])  # at-least-once redelivery: a silent duplicate
+    tampered = bytearray(frames[4])
+    tampered[-1] ^= 1
+    frames.append(bytes(tampered))  # refused as bad_signature, the round goes on
+    glob = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    server = InProcessServer.build(task="t", keys=keys, initial=glob, nodes=10, strategy=name)
     # Execute
-    results, rejected = [], []
+    rejected = []
     for frame in frames:
         try:
-            u = decode_update(frame, keys=keys, expected=expected)
-            tau = gate.admit(u, current_version=2)
+            server.receive(frame)
         except CodecError as err:
             rejected.append(err.reason)
-            continue
-        results.append(
-            ClientResult(
-                node_id=u.node_id, delta=dict(u.delta), num_examples=u.num_examples, staleness=tau
-            )
-        )
-    glob = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-    out = make_strategy(name).aggregate(glob, results)
+    outcome = server.end_round()
     # Assert
-    assert rejected == ["replay"] and len(results) == 10
+    assert rejected == ["bad_signature"] and outcome is not None
+    assert sorted(outcome.participants) == [f"n{i}" for i in range(10)]
     reference = {k: np.mean([h[k] for h in honest], axis=0) for k in SHAPES}
     for k in SHAPES:
-        assert np.abs(out[k] - reference[k]).max() < 0.1
+        assert np.abs(server.weights[k] - reference[k]).max() < 0.1
