@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agents import federation
-from agents.kafka_harness import LocalKafka
+from agents.broker import LocalKafka
 from agents.settings import load_settings
 from agents.topics import (
     ANALYTICS,
@@ -63,7 +63,7 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
 
     ``bootstrap_servers`` runs against an existing broker (its topics must be fresh) instead of
     starting a local one. ``secure`` starts the local broker with mutual TLS and ACLs
-    (:class:`agents.kafka_harness.BrokerSecurity`): the admin creates the topics and ACLs, the
+    (:class:`agents.broker.BrokerSecurity`): the admin creates the topics and ACLs, the
     aggregator and each edge worker connect with their own certificate, and the live table reads
     as the read-only ``reader``. The aggregator serves the fleet page on ``web_port`` (another free
     port when that one is taken); its URL is printed and kept in the summary (``fleet_url``).
@@ -99,7 +99,7 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
         raise ValueError("secure=True starts its own secured broker; it cannot use an existing one")
     security = None
     if secure:
-        from agents.kafka_harness import BrokerSecurity
+        from agents.broker import BrokerSecurity
 
         security = BrokerSecurity(broker=federation.tls_identity(run_root, federation.BROKER),
                                   admin=federation.tls_identity(run_root, federation.ADMIN))

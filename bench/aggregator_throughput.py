@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from agents import federation  # noqa: E402
 from agents.acls import setup_federation  # noqa: E402
-from agents.kafka_harness import BrokerSecurity, KafkaHarnessError, LocalKafka  # noqa: E402
+from agents.broker import BrokerSecurity, KafkaHarnessError, LocalKafka  # noqa: E402
 from agents.settings import Settings, load_settings  # noqa: E402
 from agents.topics import FEDERATION_TOPICS, MODELS, UPDATES, ensure_topics  # noqa: E402
 from agents.workers import FaustWorker  # noqa: E402

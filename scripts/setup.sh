@@ -67,7 +67,7 @@ cd "$ROOT"
 # ---------------------------------------------------------------- Kafka jars + asset check
 "$VENV/bin/python" - <<'PY'
 import time
-from agents.kafka_harness import ensure_jars, kafka_home, KAFKA_VERSION
+from agents.broker import ensure_jars, kafka_home, KAFKA_VERSION
 t = time.time()
 libs = ensure_jars()
 print(f"\033[1;34m[setup]\033[0m Apache Kafka {KAFKA_VERSION} jars in {libs} ({time.time()-t:.1f}s)")

@@ -23,7 +23,7 @@ def _broker_unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[str]:
     """Bootstrap address of a real single-node Kafka started for this test session."""
-    from agents.kafka_harness import KafkaHarnessError, LocalKafka
+    from agents.broker import KafkaHarnessError, LocalKafka
 
     cluster = LocalKafka()
     try:
@@ -41,7 +41,7 @@ def kafka_broker() -> Iterator[str]:
 @pytest.fixture
 def kafka_cluster_factory() -> Iterator[object]:
     """Start 3-node KRaft clusters on demand; every one started is stopped after the test."""
-    from agents.kafka_harness import KafkaCluster, KafkaHarnessError
+    from agents.broker import KafkaCluster, KafkaHarnessError
 
     started: list[KafkaCluster] = []
 
@@ -91,7 +91,7 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKaf
     """A real single-node Kafka that requires client certificates on every listener (SSL;
     SASL_SSL with SCRAM-SHA-512 beside it), runs StandardAuthorizer with
     allow.everyone.if.no.acl.found=false, and has User:admin as its only super user."""
-    from agents.kafka_harness import BrokerSecurity, KafkaHarnessError, LocalKafka
+    from agents.broker import BrokerSecurity, KafkaHarnessError, LocalKafka
     from pipeline.identity import FleetPki
 
     root = tmp_path_factory.mktemp("fleet-ca")

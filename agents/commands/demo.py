@@ -25,7 +25,7 @@ def run_foundation_demo(*, messages: int = 200, out_dir: Path = Path("out"),
     """Round-trip ``messages`` keyed messages through a faust agent on a fresh local broker."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    from agents.kafka_harness import LocalKafka
+    from agents.broker import LocalKafka
     from agents.settings import load_settings
     from agents.topics import ECHO_IN, ECHO_OUT, ensure_topics
     from agents.workers import FaustWorker
@@ -91,8 +91,8 @@ def register(app: typer.Typer) -> None:
                                                 "free one if taken)."),
     ) -> None:
         """Run the whole system: local Kafka, aggregator and edge workers, rounds, report."""
+        from agents.broker import KafkaHarnessError
         from agents.demo import default_camera, run_demo
-        from agents.kafka_harness import KafkaHarnessError
         from agents.workers import WorkerError
 
         try:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from agents import kafka_harness as kh
+from agents.broker import (
+    BrokerSecurity,
+    KafkaHarnessError,
+    daemon_down,
+    daemon_status,
+    daemon_up,
+)
 from agents.settings import default_run_dir
 
 
@@ -36,11 +42,11 @@ def register(app: typer.Typer) -> None:
                 from agents.federation import ADMIN, BROKER, tls_identity
 
                 passphrase = load_settings().passphrase()
-                security = kh.BrokerSecurity(
+                security = BrokerSecurity(
                     broker=tls_identity(run_dir, BROKER), admin=tls_identity(run_dir, ADMIN),
                     key_password=passphrase.decode() if passphrase else None)
-            status = kh.daemon_up(port=port, timeout=timeout, security=security)
-        except (kh.KafkaHarnessError, IdentityError, FileNotFoundError) as exc:
+            status = daemon_up(port=port, timeout=timeout, security=security)
+        except (KafkaHarnessError, IdentityError, FileNotFoundError) as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(1) from exc
         kind = "secured: mutual TLS + ACLs" if status.get("secure") else "plaintext"
@@ -53,7 +59,7 @@ def register(app: typer.Typer) -> None:
     @group.command()
     def down() -> None:
         """Stop the broker started by `edgeveil kafka up` (its data is kept)."""
-        if kh.daemon_down():
+        if daemon_down():
             typer.echo("Kafka stopped.")
         else:
             typer.echo("No local Kafka was running.")
@@ -61,7 +67,7 @@ def register(app: typer.Typer) -> None:
     @group.command()
     def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """Say whether the local broker runs and answers metadata requests."""
-        st = kh.daemon_status()
+        st = daemon_status()
         if as_json:
             typer.echo(json.dumps(st))
         elif st.get("running"):

@@ -231,7 +231,7 @@ def test_three_node_cluster_replicates_over_mutual_tls(secure_kafka: SecureKafka
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic
 
-    from agents.kafka_harness import BrokerSecurity, KafkaCluster
+    from agents.broker import BrokerSecurity, KafkaCluster
 
     sec = secure_kafka.cluster.security
     with KafkaCluster(3, security=BrokerSecurity(broker=sec.broker, admin=sec.admin)) as cluster:

@@ -75,8 +75,8 @@ def test_build_context_and_dockerfile_exist(compose: dict) -> None:
 
 def test_the_stack_is_secured_like_the_harness(compose: dict) -> None:
     """The compose broker requires client certificates on every listener and runs the same
-    authorizer settings as agents.kafka_harness; every worker connects over TLS."""
-    from agents.kafka_harness import AUTHORIZER, PRINCIPAL_MAPPING_RULES
+    authorizer settings as agents.broker.security; every worker connects over TLS."""
+    from agents.broker import AUTHORIZER, PRINCIPAL_MAPPING_RULES
 
     env = compose["services"]["kafka"]["environment"]
     protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
