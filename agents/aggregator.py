@@ -1,7 +1,7 @@
 """The aggregator worker: ``faust -A agents.aggregator worker`` (or ``edgeveil aggregator``).
 
 Consumes ``edgeveil.updates``, verifies and admits each update with
-:class:`pipeline.rounds.RoundCoordinator`, keeps the round in changelog-backed tables (so a
+:class:`pipeline.server.rounds.RoundCoordinator`, keeps the round in changelog-backed tables (so a
 restarted worker resumes the round), aggregates with the configured strategy, and publishes each
 new global model (weights + ONNX, signed) to ``edgeveil.models``. The tables hold the round's
 state and, per batch of admitted updates, where their records sit on ``edgeveil.updates``
@@ -33,8 +33,8 @@ from agents.fleet import Fleet
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
 from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
 from pipeline.codec import CodecError
-from pipeline.global_model import encode_global_model
-from pipeline.rounds import Checked, RoundCoordinator, RoundOutcome, RoundPolicy
+from pipeline.codec.global_model import encode_global_model
+from pipeline.server.rounds import Checked, RoundCoordinator, RoundOutcome, RoundPolicy
 from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ class _Runtime:
         import numpy as np
 
         from agents.app import settings
-        from pipeline.global_model import decode_global_model
-        from pipeline.strategies import make_strategy
+        from pipeline.codec.global_model import decode_global_model
+        from pipeline.server.strategies import make_strategy
 
         self.root = federation.run_dir()
         self.cfg = federation.load_config(self.root)
@@ -159,7 +159,7 @@ def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any, 
     import numpy as np
     import torch
 
-    from pipeline.onnx_export import OnnxTemplate, export_onnx
+    from pipeline.serving.onnx_export import OnnxTemplate, export_onnx
     from pipeline.tasks import get_task
     from pipeline.weights import get_weights, set_weights
 

@@ -1,6 +1,6 @@
 """Reading and writing ``edgeveil.control`` (staged-rollout commands) with kafka-python.
 
-The rules of a rollout live in :mod:`pipeline.rollout`; this module only moves signed commands
+The rules of a rollout live in :mod:`pipeline.serving.rollout`; this module only moves signed commands
 between the ``edgeveil model`` CLI and the topic.
 """
 
@@ -12,7 +12,7 @@ import time
 from agents.settings import Settings
 from agents.topics import CONTROL
 from pipeline.codec.exceptions import CodecError
-from pipeline.rollout import decode_control
+from pipeline.serving.rollout import decode_control
 from schemas.control import RolloutControl
 
 log = logging.getLogger(__name__)

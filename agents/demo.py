@@ -70,7 +70,7 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
     """
     from kafka import KafkaConsumer
 
-    from pipeline.global_model import decode_global_model
+    from pipeline.codec.global_model import decode_global_model
     from pipeline.tasks import get_task
     from pipeline.weights import set_weights
     from schemas.messages import AnalyticsRecord, DlqEntry, Telemetry

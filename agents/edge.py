@@ -4,16 +4,16 @@ One worker hosts one or more edge nodes (``EDGEVEIL_EDGE_NODES``: ``all``, ``1-7
 positions in the federation's node list) or comma-separated node ids). For every new global model
 on ``edgeveil.models`` it
 
-1. verifies it (:class:`pipeline.serving.EdgeModels`: the aggregator's signature, the tensors'
+1. verifies it (:class:`pipeline.serving.models.EdgeModels`: the aggregator's signature, the tensors'
    shapes, finite weights, onnxruntime loads the ONNX and a probe inference gives finite
    outputs) and hot-swaps it into the nodes that should serve it, without stopping anything else;
-2. lets each node train one DP-SGD round from the new weights (:class:`pipeline.simulation.EdgeNode`:
+2. lets each node train one DP-SGD round from the new weights (:class:`pipeline.node.EdgeNode`:
    the privacy ledger is checked before and written durably before the update exists) and
    publishes the signed update to ``edgeveil.updates``;
 3. publishes the forecast of each node whose served model changed to ``edgeveil.analytics``.
 
 Which version a node serves follows the signed rollout commands on ``edgeveil.control``
-(``edgeveil model promote|rollback``; :mod:`pipeline.rollout`): the newest verified model until a
+(``edgeveil model promote|rollback``; :mod:`pipeline.serving.rollout`): the newest verified model until a
 command pins a stable version and a canary group. A timer publishes heartbeats (with the version
 each node serves) to ``edgeveil.telemetry``. Models and control messages that fail verification
 go to the DLQ with the reason and change nothing; the worker keeps running. A node whose budget
@@ -23,7 +23,6 @@ is spent stops training and says so in its telemetry.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from agents.app import make_app, settings
 from agents.settings import load_settings
 from agents.topics import ANALYTICS, CONTROL, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
 from pipeline.codec import CodecError
-from pipeline.serving import EdgeModels
+from pipeline.serving.models import EdgeModels
 from schemas.messages import AnalyticsRecord, DlqEntry, Telemetry
 
 log = logging.getLogger(__name__)
@@ -100,10 +99,7 @@ class _Edge:
         import psutil
         import torch
 
-        from pipeline.dp.calibrate import noise_multiplier_for_budget
-        from pipeline.ledger import PrivacyLedger, ledger_path
-        from pipeline.simulation import EdgeNode, common_batch_sizes
-        from pipeline.tasks import get_task
+        from pipeline.node.build import build_nodes, local_config, make_task
 
         torch.set_num_threads(1)
         self.root = federation.run_dir()
@@ -112,35 +108,17 @@ class _Edge:
         passphrase = settings.passphrase()
         env = load_settings()  # read when the worker starts its edge, as the run dir is
         self.node_ids = select_nodes(env.edge_nodes or "all", self.cfg.nodes)
-        self.task = get_task(self.cfg.task, **self.cfg.task_kwargs)
-        self.nodes: dict[str, Any] = {}
-        # the same per-node batch sizes as `edgeveil simulate`: one sample rate for every node of
-        # the federation, so one noise calibration (about 1 s of PRV accounting) serves them all
-        sizes = [len(self.task.train_data(n)) for n in self.cfg.nodes]
-        batches = common_batch_sizes(sizes, batch_size=self.task.train_config.batch_size)
-        base = self.task.train_config
-        self.train_config = dataclasses.replace(
-            base, optimizer=self.cfg.local_optimizer or base.optimizer,
-            lr=base.lr if self.cfg.lr is None else float(self.cfg.lr))
-        sigmas: dict[tuple[float, str], float] = {}
-        for node_id in self.node_ids:
-            ledger = PrivacyLedger.open(ledger_path(self.root / "ledgers", node_id),
-                                        node_id=node_id, budget=self.cfg.epsilon,
-                                        delta=self.cfg.delta)
-            index = self.cfg.nodes.index(node_id)
-            node = EdgeNode(
-                node_id=node_id, task=self.task, private_key=federation.node_key(self.root, node_id,
-                                                                        passphrase=passphrase),
-                ledger=ledger, noise_multiplier=1.0, compression=self.cfg.compression,
-                seed=self.cfg.seed, index=index, batch_size=batches[index],
-                train_config=self.train_config)
-            key = (round(node.sample_rate, 12), str(ledger.mechanism))
-            if key not in sigmas:
-                sigmas[key] = noise_multiplier_for_budget(
-                    epsilon=self.cfg.epsilon, delta=self.cfg.delta, sample_rate=node.sample_rate,
-                    steps=self.cfg.rounds * node.config.local_steps, accountant=ledger.mechanism)
-            node.noise_multiplier = sigmas[key]  # replaces the placeholder above
-            self.nodes[node_id] = node
+        # the same task, local training, batch sizes (one sample rate for the whole federation)
+        # and σ calibration as `edgeveil simulate` with this recipe: pipeline.node.build
+        self.task = make_task(self.cfg.task, self.cfg.task_kwargs, seed=self.cfg.seed)
+        self.train_config = local_config(self.task, lr=self.cfg.lr,
+                                         optimizer=self.cfg.local_optimizer)  # type: ignore[arg-type]
+        self.nodes: dict[str, Any] = dict(build_nodes(
+            self.task, rounds=self.cfg.rounds, epsilon=self.cfg.epsilon, delta=self.cfg.delta,
+            private_keys={n: federation.node_key(self.root, n, passphrase=passphrase)
+                          for n in self.node_ids},
+            ledger_dir=self.root / "ledgers", train_config=self.train_config,
+            compression=self.cfg.compression, seed=self.cfg.seed, federation=self.cfg.nodes))
         self.models = self._edge_models()
         self.lock = asyncio.Lock()  # one of on_model / on_control changes self.models at a time
         # the newest version this worker trained from (or was offered) since it started: a
@@ -156,7 +134,7 @@ class _Edge:
         self.camera_node = env.camera_node or ""
         uri = env.camera
         if uri and self.camera_node in self.nodes:
-            from pipeline.edge_camera import CameraLoop
+            from pipeline.vision.camera import CameraLoop
 
             self.camera = CameraLoop(
                 int(uri) if uri.isdigit() else uri,
@@ -260,7 +238,7 @@ async def _send_forecasts(edge: _Edge, nodes: list[str]) -> None:
 
 
 async def _train_and_publish(edge: _Edge, weights: dict[str, Any], version: int) -> None:
-    from pipeline.ledger import BudgetExceededError
+    from pipeline.privacy.ledger import BudgetExceededError
 
     round_ = version + 1
     for node_id, node in edge.nodes.items():

@@ -41,8 +41,8 @@ from agents import federation
 from agents.settings import Settings
 from agents.topics import CONTROL, DLQ, TELEMETRY
 from pipeline.codec.exceptions import CodecError
-from pipeline.fleet import FleetView, fleet_view
-from pipeline.rollout import check_sequence, decode_control
+from pipeline.server.fleet import FleetView, fleet_view
+from pipeline.serving.rollout import check_sequence, decode_control
 from schemas.control import RolloutControl
 from schemas.messages import DlqEntry, MessageError, Telemetry
 

@@ -14,7 +14,7 @@ updates in memory; FedBuff keeps admitting while publishing every K updates, whi
 steady state whose rate matters.
 
 The anchor is the same machine running the same public pipeline code in-process, without
-Kafka, faust or ONNX export: :class:`pipeline.rounds.RoundCoordinator` offering and aggregating
+Kafka, faust or ONNX export: :class:`pipeline.server.rounds.RoundCoordinator` offering and aggregating
 the very same frames (and ``decode_update`` alone).
 """
 
@@ -47,9 +47,9 @@ from agents.settings import Settings, load_settings  # noqa: E402
 from agents.topics import FEDERATION_TOPICS, MODELS, UPDATES, ensure_topics  # noqa: E402
 from agents.workers import FaustWorker  # noqa: E402
 from pipeline.codec import decode_update, encode_update  # noqa: E402
-from pipeline.global_model import decode_global_model  # noqa: E402
-from pipeline.rounds import RoundCoordinator, RoundPolicy  # noqa: E402
-from pipeline.strategies import make_strategy  # noqa: E402
+from pipeline.codec.global_model import decode_global_model  # noqa: E402
+from pipeline.server.rounds import RoundCoordinator, RoundPolicy  # noqa: E402
+from pipeline.server.strategies import make_strategy  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pipeline.weights import get_weights  # noqa: E402
 from schemas.update import ModelUpdate, PrivacyStamp  # noqa: E402

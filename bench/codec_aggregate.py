@@ -3,8 +3,8 @@ model, through the aggregation core the Kafka aggregator and ``simulate`` run.
 
 Run ``python bench/codec_aggregate.py [--updates N] [--nodes K]``; prints one JSON object.
 Single-threaded by construction (BLAS/OpenMP pinned to one thread). The timed loop feeds
-``K``-node synchronous rounds to :class:`pipeline.simulation.InProcessServer` (the
-:class:`~pipeline.rounds.RoundCoordinator`: verify, decode, replay check, SHA-256, aggregate in
+``K``-node synchronous rounds to :class:`pipeline.sim.InProcessServer` (the
+:class:`~pipeline.server.rounds.RoundCoordinator`: verify, decode, replay check, SHA-256, aggregate in
 key order, non-finite check), without a broker.
 """
 
@@ -31,7 +31,7 @@ from pipeline.codec import (  # noqa: E402
     generate_keypair,
     public_key_of,
 )
-from pipeline.simulation import InProcessServer  # noqa: E402
+from pipeline.sim import InProcessServer  # noqa: E402
 from schemas.update import ModelUpdate, PrivacyStamp  # noqa: E402
 
 SHAPES = {"fc1.weight": (300, 256), "fc1.bias": (300,), "fc2.weight": (80, 300), "fc2.bias": (80,)}

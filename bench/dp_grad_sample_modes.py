@@ -12,8 +12,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.dp import make_private
-from pipeline.ledger import PrivacyLedger
+from pipeline.privacy import make_private
+from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.tasks import get_task
 
 

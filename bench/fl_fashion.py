@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
-from pipeline.ledger import PrivacyLedger
-from pipeline.simulation import simulate
+from pipeline.privacy import make_private, noise_multiplier_for_budget, train_steps
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.sim import simulate
 from pipeline.tasks import get_task
 
 

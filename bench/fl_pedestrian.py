@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.dp import make_private, noise_multiplier_for_budget, train_steps
-from pipeline.ledger import PrivacyLedger
-from pipeline.simulation import common_batch_sizes, simulate
+from pipeline.node import common_batch_sizes
+from pipeline.privacy import make_private, noise_multiplier_for_budget, train_steps
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.sim import simulate
 from pipeline.tasks import get_task
 from pipeline.tasks.pedestrian import smape
 

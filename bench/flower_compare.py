@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.dp import noise_multiplier_for_budget
-from pipeline.simulation import _seed as stream_seed
-from pipeline.simulation import common_batch_sizes, simulate
+from pipeline.node import common_batch_sizes
+from pipeline.node.edge import _seed as stream_seed
+from pipeline.privacy import noise_multiplier_for_budget
+from pipeline.sim import simulate
 from pipeline.tasks import get_task
 from pipeline.weights import get_weights, set_weights
 

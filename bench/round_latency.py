@@ -6,8 +6,8 @@ loopback, creates the topics and a run dir with 21 node keys (the 21 Auckland se
 ``pedestrian-forecast``; quorum 21, synchronous rounds), the real aggregator worker
 (``faust -A agents.aggregator worker``) and 21 edge-side model loaders: threads, each with its own
 kafka-python consumer group on the compacted ``edgeveil.models`` topic, that verify and decode
-each signed global model (:func:`pipeline.global_model.decode_global_model`) and hot-swap its ONNX
-into a :class:`pipeline.hotswap.OnnxModelSlot`, recording when the swap completed. The loaders
+each signed global model (:func:`pipeline.codec.global_model.decode_global_model`) and hot-swap its ONNX
+into a :class:`pipeline.serving.hotswap.OnnxModelSlot`, recording when the swap completed. The loaders
 skip kafka-python's record CRC check (pure Python without the optional ``crc32c`` package: about
 0.35 s of CPU per 820 kB model); the model's Ed25519 signature covers every byte instead.
 
@@ -49,8 +49,8 @@ from agents.settings import Settings, load_settings  # noqa: E402
 from agents.topics import FEDERATION_TOPICS, MODELS, UPDATES, ensure_topics  # noqa: E402
 from agents.workers import FaustWorker  # noqa: E402
 from pipeline.codec import encode_update  # noqa: E402
-from pipeline.global_model import decode_global_model  # noqa: E402
-from pipeline.hotswap import OnnxModelSlot  # noqa: E402
+from pipeline.codec.global_model import decode_global_model  # noqa: E402
+from pipeline.serving.hotswap import OnnxModelSlot  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from schemas.update import ModelUpdate, PrivacyStamp  # noqa: E402
 

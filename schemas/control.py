@@ -7,7 +7,7 @@ delta against the previous one. ``seq`` grows by one per command; an edge refuse
 ``seq`` is not above the last one it applied, so an old command replayed onto the topic changes
 nothing.
 
-On the wire the JSON below is wrapped in a signed frame (``pipeline.rollout``: magic, JSON,
+On the wire the JSON below is wrapped in a signed frame (``pipeline.serving.rollout``: magic, JSON,
 Ed25519 signature by the federation's model authority, the key that signs global models).
 This module holds the type only and imports nothing from this repository.
 """

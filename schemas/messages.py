@@ -4,7 +4,7 @@
 topic                      type
 =========================  ================================================================
 ``edgeveil.models``        :class:`GlobalModel` (binary: header JSON + float32 tensors + ONNX,
-                           signed by the aggregator; the codec is ``pipeline.global_model``)
+                           signed by the aggregator; the codec is ``pipeline.codec.global_model``)
 ``edgeveil.analytics``     :class:`AnalyticsRecord` (JSON)
 ``edgeveil.telemetry``     :class:`Telemetry` (JSON)
 ``edgeveil.dlq``           the rejected message's own bytes as the value, :class:`DlqEntry` as

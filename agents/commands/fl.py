@@ -1,7 +1,7 @@
 """`edgeveil simulate` and `edgeveil privacy show`: federated learning without a broker.
 
 `simulate` runs every edge node and the aggregator in one process through the same
-``pipeline.simulation`` code (codec, signatures, admission, strategies, ledger) that the Kafka
+``pipeline.node`` / ``pipeline.sim`` code (codec, signatures, admission, strategies, ledger) that the Kafka
 agents run. `privacy show` prints each node's privacy spend from its durable ledger.
 """
 
@@ -49,9 +49,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from agents.commands._training import training_options
-        from pipeline.ledger import BudgetExceededError, LedgerCorruptError
-        from pipeline.simulation import RoundRow
-        from pipeline.simulation import simulate as run
+        from pipeline.privacy.ledger import BudgetExceededError, LedgerCorruptError
+        from pipeline.sim import RoundRow
+        from pipeline.sim import simulate as run
 
         if accountant not in ("prv", "rdp"):
             raise typer.BadParameter("--accountant must be prv or rdp")
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Print each node's privacy spend (ε at its δ) against its budget."""
-        from pipeline.ledger import LedgerCorruptError, load_ledgers
+        from pipeline.privacy.ledger import LedgerCorruptError, load_ledgers
 
         where = folder / "ledgers" if (folder / "ledgers").is_dir() else folder
         try:

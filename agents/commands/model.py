@@ -1,7 +1,7 @@
 """`edgeveil model promote | rollback | status`: staged rollout of global models.
 
 Each command reads the rollout command in force from ``edgeveil.control``, builds the next one
-with :mod:`pipeline.rollout`, signs it with the federation's model authority key (the
+with :mod:`pipeline.serving.rollout`, signs it with the federation's model authority key (the
 aggregator's, ``keys/aggregator.key`` of the run directory) and publishes it. Edges obey only
 correctly signed commands that are newer than the one they applied.
 """
@@ -32,7 +32,7 @@ def _run_dir(run_dir: Path) -> Path:
 def _check_published(root: Path, version: int, public_key: bytes) -> None:
     """Refuse a version the aggregator never published (its signed copy in ``models/``)."""
     from pipeline.codec import CodecError
-    from pipeline.global_model import decode_global_model
+    from pipeline.codec.global_model import decode_global_model
 
     models = root / "models"
     path = models / f"v{version:04d}.evm"
@@ -56,7 +56,7 @@ def _issue(run_dir: Path, version: int, build: str, target: list[str] | None) ->
     from agents import federation
     from agents.control import publish_control, read_control
     from agents.settings import load_settings
-    from pipeline.rollout import encode_control, promote, rollback, served_version
+    from pipeline.serving.rollout import encode_control, promote, rollback, served_version
 
     root = _run_dir(run_dir)
     cfg = federation.load_config(root)

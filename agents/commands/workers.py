@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
         EDGEVEIL_KEY_PASSPHRASE or EDGEVEIL_KEY_PASSPHRASE_FILE when one is set."""
         from agents.commands._training import training_options
         from agents.federation import FederationConfig, init_run_dir
-        from pipeline.strategies import make_strategy
+        from pipeline.server.strategies import make_strategy
         from pipeline.tasks import get_task
 
         options = training_options(strategy_options, local_optimizer, lr)

@@ -1,6 +1,6 @@
-"""Update codec: compression, Ed25519 signatures, strict decoding, replay/staleness admission."""
+"""Update codec: compression, Ed25519 signatures, strict decoding, one framing for updates and
+global models (``frame``, ``global_model``)."""
 
-from pipeline.codec.admission import UpdateAdmission
 from pipeline.codec.codec import (
     FORMAT_VERSION,
     MAGIC,
@@ -48,7 +48,6 @@ __all__ = [
     "TruncatedError",
     "UnknownNodeError",
     "UnsupportedVersionError",
-    "UpdateAdmission",
     "decode_update",
     "dequantize",
     "encode_update",

@@ -17,9 +17,9 @@ from agents.settings import load_settings
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES, ensure_topics
 from agents.workers import FaustWorker
 from pipeline.codec import encode_update
-from pipeline.global_model import decode_global_model
-from pipeline.rounds import RoundCoordinator, RoundPolicy
-from pipeline.strategies import make_strategy
+from pipeline.codec.global_model import decode_global_model
+from pipeline.server.rounds import RoundCoordinator, RoundPolicy
+from pipeline.server.strategies import make_strategy
 from schemas.messages import DlqEntry
 from schemas.update import ModelUpdate, PrivacyStamp
 from tests.kafka_helpers import delete_federation_topics

@@ -87,7 +87,7 @@ def test_egress_audit_no_topic_carries_raw_pixels(demo_run) -> None:
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient
 
-    from pipeline.audit import audit_payload
+    from pipeline.vision.audit import audit_payload
 
     _, _, broker, camera = demo_run
     admin = KafkaAdminClient(bootstrap_servers=broker)
@@ -141,7 +141,7 @@ def test_demo_previews_hide_every_person_of_the_frames_they_came_from(demo_run) 
     from kafka import KafkaConsumer
 
     from pipeline.assets import locate
-    from pipeline.audit import audit_payload
+    from pipeline.vision.audit import audit_payload
     from pipeline.vision.detectors.nanodet import NanoDetPersonDetector
     from pipeline.vision.detectors.people import head_boxes
     from pipeline.vision.evaluation import detail_removed, load_people_annotations

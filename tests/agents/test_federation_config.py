@@ -59,3 +59,23 @@ def test_load_config_rejects_a_bad_hand_edited_optimizer(tmp_path):  # type: ign
     (run / "federation.json").write_text(json.dumps({**data, "local_optimizer": "lbfgs"}))
     with pytest.raises(ValueError, match="local_optimizer"):
         federation.load_config(run)
+
+
+def test_kafka_edge_builds_the_nodes_simulate_builds(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    # one build path (pipeline.node.build): same recipe -> same sample rate and σ per node
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["federation", "init", str(run), "--nodes", "2", "--rounds", "1",
+                                   "--epsilon", "2.0", "--local-optimizer", "sgd", "--lr", "0.1"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.setenv("EDGEVEIL_RUN_DIR", str(run))
+    from agents.edge import _Edge
+    from pipeline.sim import simulate
+
+    edge = _Edge()
+    sim = simulate(task="pedestrian-forecast", nodes=2, rounds=1, epsilon=2.0, lr=0.1,
+                   local_optimizer="sgd", workers=1, eval_split="val")
+    assert set(sim.noise_multipliers) == set(edge.nodes)
+    for node_id, node in edge.nodes.items():
+        assert node.noise_multiplier == sim.noise_multipliers[node_id]
+        assert node.ledger.total_steps == 0  # built, not trained
+    assert len({round(n.sample_rate, 12) for n in edge.nodes.values()}) == 1

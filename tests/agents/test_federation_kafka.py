@@ -13,7 +13,7 @@ from agents import federation
 from agents.settings import load_settings
 from agents.topics import ANALYTICS, FEDERATION_TOPICS, MODELS, TELEMETRY, ensure_topics
 from agents.workers import FaustWorker
-from pipeline.global_model import decode_global_model
+from pipeline.codec.global_model import decode_global_model
 from schemas.messages import AnalyticsRecord, Telemetry
 from tests.kafka_helpers import delete_federation_topics
 

@@ -197,7 +197,7 @@ def fleet(kafka_broker: str, tmp_path_factory) -> Any:
 
 def test_fleet_page_lists_every_node_with_its_version_and_epsilon(fleet, browser,
                                                                    artifacts) -> None:
-    from pipeline.global_model import decode_global_model
+    from pipeline.codec.global_model import decode_global_model
 
     browser.get(f"{fleet.url}/fleet")
     rows = browser.wait_for(lambda: (r := browser.js(
@@ -311,7 +311,7 @@ def test_canary_serves_the_new_version_while_the_rest_keep_the_old_then_rollback
 def test_a_forged_control_message_changes_nothing_and_is_reported(fleet) -> None:
     from agents.control import publish_control, read_control
     from pipeline.codec import generate_keypair
-    from pipeline.rollout import encode_control, promote
+    from pipeline.serving.rollout import encode_control, promote
 
     s = fleet.settings
     _, pub = federation.aggregator_keys(fleet.root)
@@ -347,8 +347,8 @@ def test_a_forged_control_message_changes_nothing_and_is_reported(fleet) -> None
 def test_a_model_that_fails_the_edge_checks_is_never_served(fleet) -> None:
     """A correctly signed v3 with wrong tensor shapes, then a genuine command to serve it."""
     from agents.control import publish_control, read_control
-    from pipeline.global_model import encode_global_model
-    from pipeline.rollout import encode_control, promote
+    from pipeline.codec.global_model import encode_global_model
+    from pipeline.serving.rollout import encode_control, promote
     from schemas.messages import GlobalModel, GlobalModelHeader
 
     s = fleet.settings

@@ -13,7 +13,7 @@ from agents import acls, federation
 from agents.topics import ANALYTICS, DLQ, MODELS, TELEMETRY, UPDATES, changelog_topics
 from agents.workers import FaustWorker
 from pipeline.codec import encode_update
-from pipeline.global_model import decode_global_model
+from pipeline.codec.global_model import decode_global_model
 from schemas.messages import DlqEntry, Telemetry
 from schemas.update import ModelUpdate, PrivacyStamp
 from tests.conftest import SecureKafka

@@ -19,7 +19,7 @@ from agents import federation
 from agents.settings import load_settings
 from agents.topics import FEDERATION_TOPICS, UPDATES, ensure_topics
 from agents.workers import FaustWorker
-from pipeline.simulation import InProcessServer
+from pipeline.sim import InProcessServer
 from tests.agents.test_aggregator_kafka import (
     NODES,
     _env,

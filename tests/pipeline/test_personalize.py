@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from pipeline.codec import generate_keypair
-from pipeline.dp import noise_multiplier_for_budget
-from pipeline.ledger import BudgetExceededError, PrivacyLedger
-from pipeline.simulation import EdgeNode, simulate
+from pipeline.node import EdgeNode
+from pipeline.privacy import noise_multiplier_for_budget
+from pipeline.privacy.ledger import BudgetExceededError, PrivacyLedger
+from pipeline.sim import simulate
 from pipeline.tasks import get_task
 from pipeline.weights import get_weights
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.codec import CodecError, generate_keypair
-from pipeline.global_model import decode_global_model, encode_global_model
+from pipeline.codec.global_model import decode_global_model, encode_global_model
 from schemas.messages import (
     AnalyticsRecord,
     DlqEntry,

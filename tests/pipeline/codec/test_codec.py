@@ -526,7 +526,7 @@ def test_updates_and_global_models_share_one_framing(keypair, registry):
 
     from pipeline.codec import CodecError, sign
     from pipeline.codec.frame import U16, U32, FrameReader
-    from pipeline.global_model import decode_global_model, encode_global_model
+    from pipeline.codec.global_model import decode_global_model, encode_global_model
     from schemas.messages import GlobalModel, GlobalModelHeader
 
     priv, pub = keypair

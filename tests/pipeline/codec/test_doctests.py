@@ -11,7 +11,7 @@ MODULES = [
     "pipeline.codec.codec",
     "pipeline.codec.compression",
     "pipeline.codec.signing",
-    "pipeline.codec.admission",
+    "pipeline.server.admission",
     "pipeline.codec.exceptions",
     "schemas.update",
 ]

@@ -121,7 +121,7 @@ import random  # noqa: E402
 from hypothesis import settings as hsettings  # noqa: E402
 
 from pipeline.codec import sign  # noqa: E402
-from pipeline.global_model import encode_global_model  # noqa: E402
+from pipeline.codec.global_model import encode_global_model  # noqa: E402
 from schemas.messages import (  # noqa: E402
     GlobalModel,
     GlobalModelHeader,
@@ -185,8 +185,8 @@ def _run(fuzz_one, corpus: list[bytes]) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_update_consumer_fuzz() -> None:
-    from pipeline.rounds import RoundCoordinator, RoundPolicy
-    from pipeline.strategies import make_strategy
+    from pipeline.server.rounds import RoundCoordinator, RoundPolicy
+    from pipeline.server.strategies import make_strategy
     from tests.pipeline.codec.conftest import expected_of
 
     coord = RoundCoordinator(task="t", keys=_KEYS, expected=expected_of(small_delta()),
@@ -212,7 +212,7 @@ def test_update_consumer_fuzz() -> None:
 def test_model_consumer_fuzz() -> None:
     import numpy as np
 
-    from pipeline.global_model import decode_global_model
+    from pipeline.codec.global_model import decode_global_model
 
     header = GlobalModelHeader(task="t", version=1, round=1, participants=["a"], num_examples=10,
                                strategy="fedavg", metrics={"mae": 1.0},

@@ -130,7 +130,7 @@ def test_scatter_task_data_and_models_are_opacus_compatible(scatter_task):  # ty
 def test_scatter_dp_simulation_improves(scatter_task, head):  # type: ignore[no-untyped-def]
     import torch
 
-    from pipeline.simulation import simulate
+    from pipeline.sim import simulate
 
     torch.set_num_threads(1)
     task = scatter_task
@@ -150,7 +150,7 @@ def test_scatter_model_exports_to_onnx(scatter_task):  # type: ignore[no-untyped
     import onnxruntime as ort
     import torch
 
-    from pipeline.onnx_export import OnnxTemplate
+    from pipeline.serving.onnx_export import OnnxTemplate
     from pipeline.weights import get_weights
 
     torch.manual_seed(0)
