@@ -34,7 +34,7 @@ from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
 from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
 from pipeline.codec import CodecError
 from pipeline.codec.global_model import encode_global_model
-from pipeline.server.rounds import Checked, RoundCoordinator, RoundOutcome, RoundPolicy
+from pipeline.server.rounds import Checked, RoundCoordinator, RoundOutcome
 from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def _round_state() -> dict[str, Any]:
         return {}
     coord = rt.coordinator
     return {"version": coord.version, "buffered": len(coord.buffer),
-            "quorum": rt.cfg.quorum if rt.cfg.mode == "sync" else rt.cfg.buffer_size,
+            "quorum": rt.coordinator.policy.quorum if rt.cfg.mode == "sync"
+            else rt.coordinator.policy.buffer_size,
             "opened_at": coord.opened_at if coord.buffer else None}
 
 
@@ -103,11 +104,8 @@ class _Runtime:
         expected = {k: (tuple(v.shape), "float32") for k, v in self.initial_weights.items()}
         self.coordinator = RoundCoordinator(
             task=self.cfg.task, keys=self.keys, expected=expected,
-            strategy=make_strategy(self.cfg.strategy, **self.cfg.strategy_kwargs),
-            policy=RoundPolicy(mode=self.cfg.mode, quorum=self.cfg.quorum,  # type: ignore[arg-type]
-                               min_quorum=self.cfg.min_quorum, deadline_s=self.cfg.deadline_s,
-                               buffer_size=self.cfg.buffer_size,
-                               max_staleness=self.cfg.max_staleness),
+            strategy=make_strategy(self.cfg.strategy, **self.cfg.strategy_options),
+            policy=self.cfg.round_policy(len(self.cfg.nodes)),
         )
         self.loaded = False
         self.weights: dict[str, Any] | None = None  # the last published weights, decoded once
@@ -153,7 +151,7 @@ def _runtime() -> _Runtime:
     return _rt
 
 
-def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any, bool]:
+def _task_model(cfg: federation.FederationPlan) -> tuple[dict[str, Any], Any, bool]:
     """Initial global weights (seeded), an ONNX exporter for the task's model, and whether that
     exporter is a cheap template fill (else a full export per call)."""
     import numpy as np
@@ -163,7 +161,7 @@ def _task_model(cfg: federation.FederationConfig) -> tuple[dict[str, Any], Any, 
     from pipeline.tasks import get_task
     from pipeline.weights import get_weights, set_weights
 
-    task = get_task(cfg.task, **cfg.task_kwargs)
+    task = get_task(cfg.task, **cfg.task_options)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     if hasattr(task, "in_features"):

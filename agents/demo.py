@@ -85,8 +85,8 @@ def run_demo(*, out_dir: Path = Path("out"), rounds: int = 5, nodes: int = 21, e
     task_kwargs: dict[str, Any] = {"sensors": nodes}
     task = get_task("pedestrian-forecast", **task_kwargs)
     node_ids = task.node_ids()
-    cfg = federation.FederationConfig(
-        task="pedestrian-forecast", task_kwargs=task_kwargs, quorum=len(node_ids),
+    cfg = federation.FederationPlan(
+        task="pedestrian-forecast", task_options=task_kwargs, quorum=len(node_ids),
         min_quorum=max(1, len(node_ids) // 2), deadline_s=180.0, rounds=rounds,
         epsilon=epsilon, nodes=node_ids)
     federation.init_run_dir(run_root, cfg)

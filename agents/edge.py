@@ -110,15 +110,23 @@ class _Edge:
         self.node_ids = select_nodes(env.edge_nodes or "all", self.cfg.nodes)
         # the same task, local training, batch sizes (one sample rate for the whole federation)
         # and σ calibration as `edgeveil simulate` with this recipe: pipeline.node.build
-        self.task = make_task(self.cfg.task, self.cfg.task_kwargs, seed=self.cfg.seed)
-        self.train_config = local_config(self.task, lr=self.cfg.lr,
-                                         optimizer=self.cfg.local_optimizer)  # type: ignore[arg-type]
+        self.task = make_task(self.cfg.task, self.cfg.task_options, seed=self.cfg.seed)
+        plan = self.cfg
+        if plan.epsilon is None:
+            raise ValueError(f"{self.root / 'federation.json'}: the plan has no privacy budget; "
+                             "an edge publishes only DP-noised updates")
+        self.train_config = local_config(self.task, lr=plan.lr, batch_size=plan.batch_size,
+                                         local_steps=plan.local_steps, momentum=plan.momentum,
+                                         optimizer=plan.local_optimizer)
         self.nodes: dict[str, Any] = dict(build_nodes(
-            self.task, rounds=self.cfg.rounds, epsilon=self.cfg.epsilon, delta=self.cfg.delta,
+            self.task, rounds=plan.rounds, epsilon=plan.epsilon, delta=plan.delta,
+            accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
             private_keys={n: federation.node_key(self.root, n, passphrase=passphrase)
                           for n in self.node_ids},
             ledger_dir=self.root / "ledgers", train_config=self.train_config,
-            compression=self.cfg.compression, seed=self.cfg.seed, federation=self.cfg.nodes))
+            compression=plan.compression, seed=plan.seed, federation=plan.nodes,
+            personalize_steps=plan.personalize_steps,
+            keep_optimizer_state=plan.keep_optimizer_state))
         self.models = self._edge_models()
         self.lock = asyncio.Lock()  # one of on_model / on_control changes self.models at a time
         # the newest version this worker trained from (or was offered) since it started: a
@@ -257,6 +265,44 @@ async def _train_and_publish(edge: _Edge, weights: dict[str, Any], version: int)
                  edge.epsilon[node_id])
 
 
+def personal_path(root: Path, node_id: str) -> Path:
+    """Where a node keeps its personalised weights (they never leave the node)."""
+    from pipeline.privacy.ledger import ledger_path
+
+    safe = ledger_path(root, node_id).name.removesuffix(".ledger.json")
+    return root / "personal" / f"{safe}.npz"
+
+
+async def _personalize(edge: _Edge, weights: dict[str, Any], version: int) -> None:
+    """The plan's last version arrived: each node fine-tunes it on its own data with DP-SGD
+    (the steps land in its ledger; σ was calibrated for them) and keeps the result locally."""
+    import numpy as np
+
+    from pipeline.privacy.ledger import BudgetExceededError
+
+    plan = edge.cfg
+    for node_id, node in edge.nodes.items():
+        path = personal_path(edge.root, node_id)
+        if path.exists() or node_id in edge.exhausted:
+            continue  # personalised before a restart: the steps are in the ledger already
+        try:
+            mine = await asyncio.to_thread(
+                node.personalize, weights, steps=plan.personalize_steps,
+                lr=plan.personalize_lr, layers=plan.personalize_layers,
+                optimizer=plan.personalize_optimizer, round=plan.rounds + 1)
+        except BudgetExceededError as exc:
+            edge.exhausted.add(node_id)
+            log.warning("%s cannot personalise: %s", node_id, exc)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{k: np.asarray(v) for k, v in mine.items()})
+        tmp.replace(path)
+        edge.epsilon[node_id] = await asyncio.to_thread(node.ledger.epsilon)
+        log.info("%s personalised v%d with %d DP-SGD steps (kept on the node, eps %.3f)",
+                 node_id, version, plan.personalize_steps, edge.epsilon[node_id])
+
+
 @app.agent(models_topic)
 async def on_model(stream):  # type: ignore[no-untyped-def]
     """Verify, hot-swap, train, publish, forecast — for every new global model."""
@@ -279,6 +325,8 @@ async def on_model(stream):  # type: ignore[no-untyped-def]
             edge.version = h.version
             if h.version < edge.cfg.rounds:
                 await _train_and_publish(edge, dict(model.weights), h.version)
+            elif edge.cfg.personalize_steps:
+                await _personalize(edge, dict(model.weights), h.version)
         await _send_forecasts(edge, list(changed))
 
 

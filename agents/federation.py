@@ -2,7 +2,8 @@
 
 Layout of ``$EDGEVEIL_RUN_DIR`` (created by :func:`init_run_dir`, e.g. by ``edgeveil demo``)::
 
-    federation.json            FederationConfig (task, strategy, round policy, rounds, DP budget)
+    federation.json            the FederationPlan (pipeline.plan: task, strategy, round policy,
+                               DP budget, local training, personalisation, seed)
     keys/registry.json         node id -> Ed25519 public key (what the aggregator trusts), and the
                                revoked node ids (``edgeveil federation revoke``)
     keys/aggregator.key|.pub   the aggregator's key pair (edges verify global models with .pub)
@@ -11,7 +12,9 @@ Layout of ``$EDGEVEIL_RUN_DIR`` (created by :func:`init_run_dir`, e.g. by ``edge
     tls/<party>.crt|.key       X.509 client certificates, CN = id: admin, aggregator, reader, and
                                broker (CN = admin, also a server certificate for the broker)
     tls/nodes/<node>.crt|.key  each node's certificate (CN = node id)
-    ledgers/<node>.json        each node's privacy ledger (written by the edge)
+    ledgers/<node>.ledger.json each node's privacy ledger (written by the edge)
+    personal/<node>.npz        each node's personalised weights, when the plan personalises
+                               (written by the edge; they never leave it)
     models/v<N>.evm            every global model as published (for notebooks and reports)
 
 Private keys (Ed25519 and TLS) are PKCS#8 PEM files with mode 0600, encrypted when a passphrase is
@@ -22,15 +25,14 @@ layout keeps the demo and the tests self-contained.
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from agents.settings import Settings, load_settings
 from pipeline.codec import KeyRegistry, generate_keypair, public_key_of
 from pipeline.identity import FleetPki, TlsIdentity, load_ed25519_seed, write_ed25519_seed
+from pipeline.plan import FederationPlan
 
 #: the parties besides the nodes that get a certificate (CN = the name)
 ADMIN = "admin"
@@ -39,32 +41,6 @@ READER = "reader"
 BROKER = "broker"
 #: the names a broker's certificate is valid for (loopback, and the compose service)
 BROKER_NAMES = ("127.0.0.1", "localhost", "kafka")
-
-
-@dataclass(frozen=True)
-class FederationConfig:
-    """What the aggregator and edges of one federation agree on."""
-
-    task: str = "pedestrian-forecast"
-    task_kwargs: dict[str, Any] = field(default_factory=dict)
-    strategy: str = "fedavg"
-    strategy_kwargs: dict[str, Any] = field(default_factory=dict)
-    mode: str = "sync"  # sync | async (FedBuff)
-    quorum: int = 3
-    min_quorum: int = 1
-    deadline_s: float = 120.0
-    buffer_size: int = 10
-    max_staleness: int = 4
-    rounds: int = 5
-    epsilon: float = 2.0
-    delta: float = 1e-5
-    compression: str = "int8"
-    seed: int = 0
-    nodes: list[str] = field(default_factory=list)
-    #: the edges' local training, overriding the task's (``None``: the task's own); e.g.
-    #: ``"sgd"`` and ``0.1`` with ``strategy="fedadam"`` for pedestrian-forecast (docs/fl.md)
-    local_optimizer: str | None = None
-    lr: float | None = None
 
 
 def run_dir() -> Path:
@@ -81,24 +57,13 @@ def run_dir() -> Path:
     return path
 
 
-def load_config(path: Path | None = None) -> FederationConfig:
-    """Read ``federation.json`` of ``path`` (default :func:`run_dir`)."""
-    root = path or run_dir()
-    data = json.loads((root / "federation.json").read_text())
-    names = {f.name for f in fields(FederationConfig)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown keys in {root / 'federation.json'}: {sorted(unknown)}")
-    cfg = replace(FederationConfig(), **data)
-    if cfg.local_optimizer not in (None, "sgd", "adam"):
-        raise ValueError(f"{root / 'federation.json'}: local_optimizer must be \"sgd\", "
-                         f"\"adam\" or null, got {cfg.local_optimizer!r}")
-    if cfg.lr is not None and not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
-        raise ValueError(f"{root / 'federation.json'}: lr must be > 0 or null, got {cfg.lr!r}")
-    return cfg
+def load_config(path: Path | None = None) -> FederationPlan:
+    """Read the plan in ``federation.json`` of ``path`` (default :func:`run_dir`); a
+    ``ValueError`` names the file and every bad field."""
+    return FederationPlan.load(path or run_dir())
 
 
-def init_run_dir(path: Path, config: FederationConfig, *, passphrase: bytes | None = None,
+def init_run_dir(path: Path, config: FederationPlan, *, passphrase: bytes | None = None,
                  ca_dir: Path | None = None, cert_days: int = 365) -> Path:
     """Create ``path`` with ``config``, fresh Ed25519 keys and TLS certificates.
 
@@ -109,6 +74,12 @@ def init_run_dir(path: Path, config: FederationConfig, *, passphrase: bytes | No
     """
     if not config.nodes:
         raise ValueError("config.nodes is empty: name the federation's nodes")
+    if config.local_head:
+        raise ValueError("local_head is simulation-only for now: an edge worker keeps a node's "
+                         "head in memory, so a restart would lose it")
+    if config.epsilon is None:
+        raise ValueError("the plan has no privacy budget (epsilon is null): a federation "
+                         "publishes only DP-noised updates")
     reserved = {ADMIN, AGGREGATOR, READER, BROKER} & set(config.nodes)
     if reserved:
         raise ValueError(f"node ids {sorted(reserved)} are reserved for the fleet's own parties")
@@ -126,7 +97,7 @@ def init_run_dir(path: Path, config: FederationConfig, *, passphrase: bytes | No
     write_ed25519_seed(keys / "aggregator.key", priv, passphrase=passphrase)
     (keys / "aggregator.pub").write_bytes(pub)
     _init_tls(path / "tls", config.nodes, passphrase=passphrase, ca_dir=ca_dir, days=cert_days)
-    (path / "federation.json").write_text(json.dumps(asdict(config), indent=2))
+    (path / "federation.json").write_text(config.to_json())
     return path
 
 

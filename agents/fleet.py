@@ -74,7 +74,7 @@ class Fleet:
         self.app = app
         self.settings = settings
         self.round_state = round_state
-        self.cfg: federation.FederationConfig | None = None
+        self.cfg: federation.FederationPlan | None = None
         self.public_key: bytes | None = None
         # buffered hot-path writes (flushed by the timer)
         self._counts: dict[str, Counter[str]] = {}
@@ -125,7 +125,7 @@ class Fleet:
         log.info("fleet page on http://%s:%d/fleet (also /fleet.json, /metrics)",
                  self.app.conf.web_bind, self.app.conf.web_port)
 
-    def _config(self) -> federation.FederationConfig:
+    def _config(self) -> federation.FederationPlan:
         if self.cfg is None:  # used outside a worker (tests): build on first use
             self._on_worker_init(self.app)
         assert self.cfg is not None

@@ -138,14 +138,14 @@ async def _produce(settings: Settings, frames: list[tuple[str, bytes]]) -> None:
         await producer.stop()
 
 
-def _anchor(root: Path, cfg: federation.FederationConfig, weights: dict[str, np.ndarray],
+def _anchor(root: Path, cfg: federation.FederationPlan, weights: dict[str, np.ndarray],
             frames: list[tuple[str, bytes]]) -> dict[str, float]:
     """The same frames through RoundCoordinator in this process: no Kafka, no ONNX export."""
     keys = federation.registry(root)
     expected = {k: (tuple(v.shape), "float32") for k, v in weights.items()}
     coord = RoundCoordinator(
         task=cfg.task, keys=keys, expected=expected,
-        strategy=make_strategy(cfg.strategy, **cfg.strategy_kwargs),
+        strategy=make_strategy(cfg.strategy, **cfg.strategy_options),
         policy=RoundPolicy(mode="async", buffer_size=cfg.buffer_size,
                            max_staleness=cfg.max_staleness),
     )
@@ -363,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ev-bench-agg-")))
         nodes = [f"bench-node-{i:03d}" for i in range(args.nodes)]
-        cfg = federation.FederationConfig(
-            task=TASK, task_kwargs=TASK_KWARGS, strategy="fedbuff",
-            strategy_kwargs={"buffer_size": args.buffer}, mode="async", buffer_size=args.buffer,
+        cfg = federation.FederationPlan(
+            task=TASK, task_options=TASK_KWARGS, strategy="fedbuff",
+            strategy_options={"buffer_size": args.buffer}, mode="async", buffer_size=args.buffer,
             max_staleness=versions + 1, rounds=versions, nodes=nodes, seed=args.seed,
         )
         root = federation.init_run_dir(tmp / "run", cfg)

@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         done = 0
         for r in range(rounds):
-            for frame in by_round[r][: args.updates - done]:
-                server.receive(frame)
-            done += len(server.coordinator.buffer)
-            server.end_round()
+            batch = by_round[r][: args.updates - done]
+            for frame in batch:
+                server.receive(frame)  # the round closes at its quorum (all nodes)
+            done += len(batch)
+            server.end_round()  # a last, partial round
         elapsed = time.perf_counter() - start
         assert server.version == rounds and done == args.updates
         size = float(np.mean([len(f) for f in frames]))

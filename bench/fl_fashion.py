@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.plan import FederationPlan
 from pipeline.privacy import make_private, noise_multiplier_for_budget, train_steps
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.sim import simulate
@@ -32,10 +33,12 @@ from pipeline.tasks import get_task
 
 def _fl(task: Any, args: argparse.Namespace, *, epsilon: float | None, compression: str,
         ) -> dict[str, Any]:
-    res = simulate(task=task, rounds=args.rounds, epsilon=epsilon, delta=args.delta,
-                   accountant=args.accountant, compression=compression, seed=args.seed,
-                   local_steps=args.local_steps, batch_size=args.batch_size, lr=args.lr,
-                   strategy=args.strategy, eval_every=args.eval_every)
+    plan = FederationPlan(task=task.name, task_options=args.task_options, rounds=args.rounds,
+                          epsilon=epsilon, delta=args.delta, accountant=args.accountant,
+                          compression=compression, seed=args.seed,
+                          local_steps=args.local_steps, batch_size=args.batch_size, lr=args.lr,
+                          strategy=args.strategy)
+    res = simulate(plan, task=task, eval_every=args.eval_every)
     return {
         "accuracy": res.final_metrics["accuracy"],
         "accuracy_per_round": [round(r.metric, 4) for r in res.rounds],
@@ -99,8 +102,9 @@ def main() -> None:
     t0 = time.perf_counter()
     task_kw: dict[str, Any] = {k: v for k, v in (("features", args.features), ("head", args.head),
                                                   ("hidden", args.hidden)) if v is not None}
-    task = get_task("fashion-mnist", num_nodes=args.nodes, alpha=args.alpha, seed=args.seed,
-                    **task_kw)
+    args.task_options = {"num_nodes": args.nodes, "alpha": args.alpha, "seed": args.seed,
+                         **task_kw}
+    task = get_task("fashion-mnist", **args.task_options)
     for node in task.node_ids():  # the inputs (ScatterNet features: from the disk cache)
         task.train_data(node)
     task.evaluate(task.build_model())

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.node import common_batch_sizes
+from pipeline.plan import FederationPlan
 from pipeline.privacy import make_private, noise_multiplier_for_budget, train_steps
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.sim import simulate
@@ -144,6 +145,28 @@ def _central(task: Any, args: argparse.Namespace) -> dict[str, Any]:
             "epochs": args.central_epochs, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+_PLAN_ARGS = ("rounds", "epsilon", "delta", "accountant", "seed", "lr", "local_steps",
+              "batch_size", "strategy", "strategy_options", "personalize_steps",
+              "personalize_lr", "personalize_layers", "local_head", "local_optimizer",
+              "momentum", "personalize_optimizer", "keep_optimizer_state")
+
+
+def _plan_from_args(args: argparse.Namespace) -> FederationPlan:
+    """fl_dp's recipe as a plan (what `edgeveil simulate --plan` and the Kafka federation run)."""
+    return FederationPlan(task="pedestrian-forecast", task_options={"horizon": args.horizon},
+                          **{k: getattr(args, k) for k in _PLAN_ARGS})
+
+
+def _args_from_plan(args: argparse.Namespace, plan: FederationPlan) -> None:
+    if plan.task != "pedestrian-forecast" or plan.nodes or set(plan.task_options) - {"horizon"}:
+        raise SystemExit(f"{args.plan}: this bench runs every node of pedestrian-forecast")
+    for k in _PLAN_ARGS:
+        setattr(args, k, getattr(plan, k))
+    args.local_steps = plan.local_steps or args.local_steps
+    args.batch_size = plan.batch_size or args.batch_size
+    args.horizon = plan.task_options.get("horizon", args.horizon)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
@@ -180,19 +203,27 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None,
                     help="node worker processes for fl_dp (default: one per CPU) and local_dp "
                          "(default 2)")
+    ap.add_argument("--plan", type=Path, default=None,
+                    help="a FederationPlan file (e.g. bench/plans/pedestrian-personalised.json):"
+                         " fl_dp runs it unchanged and the other runs use its budget and steps;"
+                         " it replaces the recipe flags above")
     ap.add_argument("--runs", default="seasonal_naive,fl_dp,local_dp,central_nodp")
     ap.add_argument("--out", type=Path, default=Path("bench/results/fl_pedestrian.json"))
     args = ap.parse_args()
+    if args.plan is not None:
+        _args_from_plan(args, FederationPlan.load(args.plan))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
     torch.set_num_threads(args.threads)
     task: Any = get_task("pedestrian-forecast", horizon=args.horizon)
     if args.lr is None:
         args.lr = task.train_config.lr
+    plan = _plan_from_args(args)
     if args.local_dp_lr is None:
         args.local_dp_lr = task.train_config.lr
     out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v)
                                       for k, v in vars(args).items()},
+                           "plan": plan.model_dump(),
                            "nodes": len(task.node_ids()), "results": {}}
     res = out["results"]
     sigmas: dict[str, float] = {}
@@ -203,18 +234,7 @@ def main() -> None:
             m = task.seasonal_naive(split="test")
             r: dict[str, Any] = {"mae": m["mae"], "smape": m["smape"]}
         elif run == "fl_dp":
-            sim = simulate(task=task, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
-                           accountant=args.accountant, seed=args.seed, lr=args.lr,
-                           local_steps=args.local_steps, batch_size=args.batch_size,
-                           strategy=args.strategy, strategy_options=args.strategy_options,
-                           eval_split="val", workers=args.workers,
-                           personalize_steps=args.personalize_steps,
-                           personalize_lr=args.personalize_lr,
-                           personalize_layers=args.personalize_layers,
-                           local_head=args.local_head, local_optimizer=args.local_optimizer,
-                           momentum=args.momentum,
-                           personalize_optimizer=args.personalize_optimizer,
-                           keep_optimizer_state=args.keep_optimizer_state,
+            sim = simulate(plan, task=task, eval_split="val", workers=args.workers,
                            progress=_log_progress(args.rounds))
             sigmas = dict(sim.noise_multipliers)
             from pipeline.weights import set_weights

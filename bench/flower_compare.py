@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.node import common_batch_sizes
 from pipeline.node.edge import _seed as stream_seed
+from pipeline.plan import FederationPlan
 from pipeline.privacy import noise_multiplier_for_budget
 from pipeline.sim import simulate
 from pipeline.tasks import get_task
@@ -267,10 +268,12 @@ def main() -> None:
     for run in args.runs.split(","):
         if run == "edgeveil":
             load_before = _load()
-            sim = simulate(task=task, rounds=args.rounds, epsilon=args.epsilon, delta=args.delta,
-                           seed=args.seed, local_steps=args.local_steps,
-                           batch_size=args.batch_size, lr=args.lr, noise_multiplier=sigma,
-                           workers=args.workers)
+            plan = FederationPlan(task=task.name, rounds=args.rounds,
+                                  task_options={"num_nodes": args.nodes, "seed": args.seed}, epsilon=args.epsilon,
+                                  delta=args.delta, seed=args.seed, local_steps=args.local_steps,
+                                  batch_size=args.batch_size, lr=args.lr, noise_multiplier=sigma)
+            out["plan"] = plan.model_dump()
+            sim = simulate(plan, task=task, workers=args.workers)
             out["results"]["edgeveil"] = {
                 "accuracy": sim.final_metrics["accuracy"],
                 "accuracy_per_round": [round(r.metric, 4) for r in sim.rounds],

@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         task_kwargs = TASKS[args.task]
         _say(f"building task {args.task} for its node ids")
         nodes = get_task(args.task, **task_kwargs).node_ids()[:NODES]
-        cfg = federation.FederationConfig(
-            task=args.task, task_kwargs=task_kwargs, mode="sync", quorum=NODES,
+        cfg = federation.FederationPlan(
+            task=args.task, task_options=task_kwargs, mode="sync", quorum=NODES,
             min_quorum=NODES, deadline_s=600.0, rounds=args.rounds, nodes=nodes, seed=args.seed,
         )
         root = federation.init_run_dir(tmp / "run", cfg)

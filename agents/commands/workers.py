@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from agents.commands._plan import PLAN_HELP
 from agents.settings import default_run_dir
 
 if TYPE_CHECKING:
@@ -105,51 +106,61 @@ def register(app: typer.Typer) -> None:
     @fed.command("init")
     def init(
         run_dir: Path = typer.Argument(..., help="Folder to create."),
-        task: str = typer.Option("pedestrian-forecast", help="pedestrian-forecast | fashion-mnist"),
-        nodes: int = typer.Option(21, min=1, help="Number of nodes (sensors / partitions)."),
-        rounds: int = typer.Option(5, min=1),
-        epsilon: float = typer.Option(2.0, min=0.01, help="Per-node ε budget over all rounds."),
-        strategy: str = typer.Option("fedavg"),
-        quorum: int = typer.Option(0, help="Updates per round (0 = every node)."),
-        mode: str = typer.Option("sync", help="sync | async (FedBuff)."),
+        plan_file: Path = typer.Option(None, "--plan", exists=True, dir_okay=False,
+                                       help=PLAN_HELP + " E.g. the plan.json of an "
+                                       "`edgeveil simulate` run: the measured recipe, unchanged."),
+        task: str = typer.Option(None, help="pedestrian-forecast (plan default) | fashion-mnist"),
+        nodes: int = typer.Option(None, min=1, help="Number of nodes: the task's first N "
+                                                    "(sensors / partitions; default: all)."),
+        rounds: int = typer.Option(None, min=1, help="Global versions (plan: 5)."),
+        epsilon: float = typer.Option(None, min=0.01,
+                                      help="Per-node ε budget over the whole plan (plan: 2.0)."),
+        accountant: str = typer.Option(None, help="prv (plan default) or rdp."),
+        strategy: str = typer.Option(None, help="fedavg (plan default), fedadam, fedbuff, ..."),
+        quorum: int = typer.Option(None, help="Updates per sync round (plan: every node)."),
+        mode: str = typer.Option(None, help="sync (plan default) | async (FedBuff)."),
+        buffer_size: int = typer.Option(None, help="Async: updates per aggregation."),
         strategy_options: str = typer.Option(
-            "{}", help='JSON keyword arguments of the strategy, e.g. \'{"server_lr": 0.03}\'.'),
+            None, help='JSON keyword arguments of the strategy, e.g. \'{"server_lr": 0.03}\'.'),
         local_optimizer: str = typer.Option(None, help="Edges' local optimizer: sgd or adam "
                                                        "(default: the task's)."),
         lr: float = typer.Option(None, help="Edges' local learning rate (default: the task's)."),
+        local_steps: int = typer.Option(None, help="Edges' DP-SGD steps per round."),
+        personalize_steps: int = typer.Option(
+            None, help="DP-SGD fine-tuning steps per node after the last round (in the budget; "
+                       "the personal model stays on the node)."),
+        seed: int = typer.Option(None, help="Seed of the plan (plan: 0)."),
         ca: Path = typer.Option(None, help="Existing CA folder (ca.crt, ca.key) to issue the "
                                 "certificates from (default: a new CA in RUN_DIR/tls)."),
         cert_days: int = typer.Option(365, min=1, help="Certificate lifetime in days."),
     ) -> None:
-        """Write federation.json, fresh Ed25519 keys, a CA and X.509 certificates (CN = id) for
-        the aggregator, every node, the read-only reader and the admin.
+        """Write federation.json (the plan), fresh Ed25519 keys, a CA and X.509 certificates
+        (CN = id) for the aggregator, every node, the read-only reader and the admin.
 
         Private keys are 0600 PKCS#8 files, encrypted with the passphrase in
         EDGEVEIL_KEY_PASSPHRASE or EDGEVEIL_KEY_PASSPHRASE_FILE when one is set."""
-        from agents.commands._training import training_options
-        from agents.federation import FederationConfig, init_run_dir
-        from pipeline.server.strategies import make_strategy
-        from pipeline.tasks import get_task
+        from agents.commands._plan import build_plan
+        from agents.federation import init_run_dir
+        from pipeline.node.build import make_task
 
-        options = training_options(strategy_options, local_optimizer, lr)
-        try:
-            make_strategy(strategy, **options)  # the aggregator would fail on it at start
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-
-        kwargs = {"sensors": nodes} if task == "pedestrian-forecast" else {"num_nodes": nodes}
-        node_ids = get_task(task, **kwargs).node_ids()
-        cfg = FederationConfig(task=task, task_kwargs=kwargs, strategy=strategy,
-                               strategy_kwargs=options, mode=mode,
-                               quorum=quorum or len(node_ids), rounds=rounds, epsilon=epsilon,
-                               nodes=node_ids, local_optimizer=local_optimizer, lr=lr)
+        plan = build_plan(plan_file, task=task, nodes=nodes, strategy_options=strategy_options,
+                          rounds=rounds, epsilon=epsilon, accountant=accountant,
+                          strategy=strategy, quorum=quorum, mode=mode, buffer_size=buffer_size,
+                          local_optimizer=local_optimizer, lr=lr, local_steps=local_steps,
+                          personalize_steps=personalize_steps, seed=seed)
+        if plan.epsilon is None:
+            raise typer.BadParameter("a federation needs a privacy budget: the plan's epsilon "
+                                     "is null (no-DP plans are for simulated anchors only)")
+        if not plan.nodes:
+            ids = make_task(plan.task, plan.task_options, seed=plan.seed).node_ids()
+            plan = plan.replace(nodes=list(ids))
         passphrase = _passphrase()
         try:
-            init_run_dir(run_dir, cfg, passphrase=passphrase, ca_dir=ca, cert_days=cert_days)
+            init_run_dir(run_dir, plan, passphrase=passphrase, ca_dir=ca, cert_days=cert_days)
         except (FileExistsError, OSError, ValueError) as exc:
             typer.secho(f"cannot initialise {run_dir}: {exc}", fg="red", err=True)
             raise typer.Exit(2) from exc
-        typer.echo(f"federation of {len(node_ids)} nodes written to {run_dir} "
+        typer.echo(f"federation of {len(plan.nodes)} nodes written to {run_dir} "
                    f"(keys {'encrypted' if passphrase else 'unencrypted'}, mode 0600; "
                    f"certificates in {run_dir / 'tls'})")
         typer.echo(f"  export EDGEVEIL_RUN_DIR={run_dir.resolve()}")

@@ -14,12 +14,14 @@ whatever the layout, so it does not change the result.
 
 Examples
 --------
+>>> from pipeline.plan import FederationPlan
 >>> from pipeline.sim import simulate
->>> result = simulate(task="fashion-mnist", nodes=2, rounds=1, epsilon=5.0, seed=0,
-...                   task_options={"max_train_per_node": 128, "max_test": 128},
-...                   local_steps=2, batch_size=32)
->>> len(result.rounds)
-1
+>>> plan = FederationPlan(task="fashion-mnist", rounds=1, epsilon=5.0, local_steps=2,
+...                       batch_size=32, task_options={"num_nodes": 2, "max_train_per_node": 128,
+...                                                    "max_test": 128})
+>>> result = simulate(plan)
+>>> len(result.rounds), sorted(result.epsilons) == sorted(plan.nodes or result.epsilons)
+(1, True)
 """
 
 from __future__ import annotations
@@ -31,19 +33,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.codec import (
     CodecError,
-    Compression,
     KeyRegistry,
     generate_keypair,
 )
 from pipeline.node.build import build_nodes, local_config, make_task
-from pipeline.node.edge import PersonalLayers, Weights
+from pipeline.node.edge import Weights
+from pipeline.plan import FederationPlan
 from pipeline.privacy.accounting import Mechanism
 from pipeline.sim.pool import (
     _NodePool,
@@ -102,71 +104,33 @@ class SimulationResult:
 
 
 def simulate(
+    plan: FederationPlan,
     *,
-    task: str | Task,
-    rounds: int,
-    epsilon: float | None,
-    nodes: int | None = None,
-    strategy: str = "fedavg",
-    strategy_options: Mapping[str, Any] | None = None,
-    delta: float = 1e-5,
-    accountant: Mechanism = "prv",
-    noise_multiplier: float | None = None,
-    compression: Compression | str = Compression.INT8,
-    seed: int = 0,
+    task: Task | None = None,
     out: Path | str | None = None,
-    task_options: Mapping[str, Any] | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    local_steps: int | None = None,
     eval_every: int = 1,
     eval_split: Split = "test",
     progress: Callable[[int, RoundRow], None] | None = None,
     workers: int | None = None,
-    personalize_steps: int = 0,
-    personalize_lr: float | None = None,
-    personalize_layers: PersonalLayers = "all",
-    local_head: bool = False,
-    local_optimizer: Literal["sgd", "adam"] | None = None,
-    momentum: float | None = None,
-    personalize_optimizer: Literal["sgd", "adam"] | None = None,
-    keep_optimizer_state: bool = False,
-    mode: Literal["sync", "async"] = "sync",
-    buffer_size: int | None = None,
-    max_staleness: int = 4,
 ) -> SimulationResult:
-    """Run ``rounds`` federated rounds of ``task`` with every node and the aggregator in-process.
+    """Run ``plan`` with every node and the aggregator in this process.
+
+    The plan (:class:`~pipeline.plan.FederationPlan`) is the recipe the Kafka federation runs
+    too: task, nodes, strategy, round policy, DP budget and accountant, local training,
+    personalisation, compression and seed. σ is calibrated so that every planned DP-SGD step —
+    ``rounds × local_steps + personalize_steps`` — fits in ``epsilon``.
 
     Parameters
     ----------
+    plan
+        The recipe. ``plan.nodes`` empty: every node of the task.
     task
-        Task name (built with ``task_options`` and ``nodes``) or a ready :class:`Task`.
-    rounds
-        Planned rounds; the noise multiplier is calibrated so the whole plan spends ≤ ``epsilon``.
-    epsilon
-        Per-node ε budget at ``delta``; ``None`` trains without DP (anchor runs only).
-    nodes
-        Number of nodes (fashion: partitions; pedestrian: first n sensors); default: the task's.
-    strategy, strategy_options
-        Passed to :func:`pipeline.server.strategies.make_strategy`.
-    accountant
-        ``"prv"`` (default) or ``"rdp"``.
-    noise_multiplier
-        Fixed σ instead of calibrating from the budget.
-    compression
-        Update encoding (``int8``, ``float16``, ``float32``).
-    seed
-        Same seed → same result (model init, partitions, sampling and noise).
+        A task already built from ``plan.task`` (tests reuse one); default: built from the plan.
     out
-        Folder for ``rounds.jsonl``, ``rounds.csv``, ``summary.json`` and ``ledgers/``;
-        ``None`` keeps ledgers in memory and writes nothing.
-    lr, batch_size, local_steps, local_optimizer, momentum
-        Override the task's :class:`TrainConfig` (``local_optimizer`` ``"sgd"`` or ``"adam"``;
-        ``momentum`` is SGD's). Plain local SGD with an adaptive server (``strategy="fedadam"``)
-        lets the server's optimizer see the average of all nodes' noised steps instead of each
-        node normalising its own noise.
-    eval_every
-        Evaluate the global model every n rounds (and always after the last).
+        Folder for ``rounds.jsonl``, ``rounds.csv``, ``summary.json``, ``plan.json`` and
+        ``ledgers/``; ``None`` keeps ledgers in memory and writes nothing.
+    eval_every, eval_split
+        Evaluate the global model every n rounds (and always after the last) on this split.
     progress
         Called after each round with ``(round, row)`` (the CLI draws its progress bar with it).
     workers
@@ -176,50 +140,47 @@ def simulate(
         node; ``1``: every node in this process, one after the other. A node's update depends
         only on the seed and its torch thread count, not on the worker layout: with one thread
         per worker, 2 and 10 workers give the same result. Updates arrive in node order.
-    personalize_steps, personalize_lr, personalize_layers, personalize_optimizer
-        ``0`` (default): every node ends with the global model. ``n > 0``: after the last round
-        every node fine-tunes the final global model with ``n`` more DP-SGD steps on its own data
-        (:meth:`EdgeNode.personalize`, ``layers`` ``"all"`` or ``"head"``), recorded in its
-        ledger; σ is calibrated for the whole plan, ``rounds × local_steps + n`` steps, so the
-        total stays within ``epsilon``. The result then holds ``personal_weights`` and each
-        node's ``personal_metrics`` on ``eval_split``. ``personalize_optimizer`` and
-        ``personalize_lr`` default to the local ones: set both when they differ (local SGD at
-        lr 0.1, fine-tuning with Adam at 3e-4, as measured for pedestrian-forecast).
-    mode, buffer_size, max_staleness
-        How the aggregator closes rounds (:class:`~pipeline.server.rounds.RoundPolicy`). ``"sync"``
-        (default): every round, all nodes train from the current version and the round closes
-        once all of them have arrived. ``"async"``: the updates are offered one by one in node
-        order and the coordinator aggregates every ``buffer_size`` (default: the node count)
-        admitted updates, so with ``buffer_size`` below the node count the later updates of a
-        round arrive τ > 0 versions late (down-weighted by FedBuff; older than
-        ``max_staleness`` refused as ``stale``); each round's nodes then train from the newest
-        version. Use ``strategy="fedbuff"`` with the same ``buffer_size`` in
-        ``strategy_options`` for FedBuff; a version counts only when the strategy stepped.
-    keep_optimizer_state
-        Every node keeps its local optimizer's state from round to round (see
-        :class:`EdgeNode`) instead of starting it fresh each round.
-    local_head
-        Every node keeps the model's last layer to itself (see :class:`EdgeNode`); the result's
-        ``personal_weights`` are then the final global body with each node's head (fine-tuned
-        further if ``personalize_steps`` > 0).
+
+    Round policy: ``sync`` — every round, all nodes train from the current version and the
+    round closes at ``quorum`` arrivals (default: all; later ones are refused as ``stale``, as
+    over Kafka) or when the round's updates are in. ``async`` — the updates are offered one by
+    one in node order and the coordinator aggregates every ``buffer_size`` (default: the node
+    count) admitted updates, so with ``buffer_size`` below the node count the later updates of a
+    round arrive τ > 0 versions late (FedBuff down-weights them; older than ``max_staleness``:
+    refused as ``stale``); each round's nodes train from the newest version. A version counts
+    only when the strategy stepped.
+
+    Personalisation: ``personalize_steps`` > 0 — after the last round every node fine-tunes
+    the final global model with that many more DP-SGD steps on its own data
+    (:meth:`EdgeNode.personalize`), recorded in its ledger; the result then holds
+    ``personal_weights`` and each node's ``personal_metrics`` on ``eval_split``.
+    ``local_head`` — every node keeps the model's last layer to itself.
 
     Raises
     ------
     BudgetExceededError
         never for a calibrated plan; with a fixed ``noise_multiplier`` nodes over budget are
         skipped and listed in ``RoundRow.nodes_refused`` instead.
+    ValueError
+        ``plan.nodes`` names a node the task does not have, or ``task`` is another task.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if personalize_steps < 0:
-        raise ValueError(f"personalize_steps must be >= 0, got {personalize_steps}")
+    rounds, epsilon, delta, seed = plan.rounds, plan.epsilon, plan.delta, plan.seed
+    strategy = plan.strategy
+    accountant: Mechanism = plan.accountant
+    personalize_steps, local_head = plan.personalize_steps, plan.local_head
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    the_task = (make_task(task, task_options, nodes=nodes, seed=seed) if isinstance(task, str)
-                else task)
-    node_ids = the_task.node_ids()
-    cfg = local_config(the_task, lr=lr, batch_size=batch_size, local_steps=local_steps,
-                       momentum=momentum, optimizer=local_optimizer)
+    the_task = task if task is not None else make_task(plan.task, plan.task_options, seed=seed)
+    if the_task.name != plan.task:
+        raise ValueError(f"task {the_task.name!r} given for a plan of {plan.task!r}")
+    node_ids = list(plan.nodes) or list(the_task.node_ids())
+    missing = sorted(set(node_ids) - set(the_task.node_ids()))
+    if missing:
+        raise ValueError(f"plan nodes {missing} are not nodes of {plan.task!r} "
+                         f"with options {plan.task_options}")
+    cfg = local_config(the_task, lr=plan.lr, batch_size=plan.batch_size,
+                       local_steps=plan.local_steps, momentum=plan.momentum,
+                       optimizer=plan.local_optimizer)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,18 +196,15 @@ def simulate(
     built = build_nodes(the_task, private_keys=private_keys, rounds=rounds, epsilon=epsilon,
                         delta=delta, accountant=accountant,
                         ledger_dir=out_dir / "ledgers" if out_dir else None, train_config=cfg,
-                        noise_multiplier=noise_multiplier, compression=compression, seed=seed,
-                        personalize_steps=personalize_steps, local_head=local_head,
-                        keep_optimizer_state=keep_optimizer_state)
+                        noise_multiplier=plan.noise_multiplier, compression=plan.compression,
+                        seed=seed, personalize_steps=personalize_steps, local_head=local_head,
+                        keep_optimizer_state=plan.keep_optimizer_state, federation=node_ids)
     edge = [built[nid] for nid in node_ids]
     sigmas = {n.node_id: float(n.noise_multiplier) for n in edge
               if n.ledger is not None and n.noise_multiplier is not None}
     logger.info("simulate %s: %d nodes, %d rounds, eps=%s, sigma=%s", the_task.name, len(edge),
                 rounds, epsilon, sorted(set(round(s, 3) for s in sigmas.values())))
-    server = InProcessServer.build(task=the_task.name, keys=keys, initial=initial, nodes=len(edge),
-                                   strategy=strategy, strategy_options=strategy_options,
-                                   mode=mode, buffer_size=buffer_size,
-                                   max_staleness=max_staleness)
+    server = InProcessServer.from_plan(plan, keys=keys, initial=initial, nodes=len(edge))
     raw_bytes = sum(int(v.size) * 4 for v in initial.values())
     eval_model = the_task.build_model()
 
@@ -294,8 +252,9 @@ def simulate(
                     continue
                 update_sizes.append(len(data))
                 staleness[update.node_id] = tau
-            if server.end_round() is None and mode == "sync":
-                logger.warning("round %d closed with no updates; global model unchanged", r)
+            server.end_round()
+            if not update_sizes:
+                logger.warning("round %d: no update arrived; global model unchanged", r)
             weights = server.weights
             overlapped = pool is not None and r < rounds
             if pool is not None and overlapped:
@@ -326,9 +285,9 @@ def simulate(
         final_eps = dict(rows[-1].epsilons)
         t_personal = time.perf_counter()
         if personalize_steps or local_head:
-            options = {"steps": personalize_steps, "lr": personalize_lr,
-                       "layers": personalize_layers, "round": rounds + 1,
-                       "optimizer": personalize_optimizer}
+            options = {"steps": personalize_steps, "lr": plan.personalize_lr,
+                       "layers": plan.personalize_layers, "round": rounds + 1,
+                       "optimizer": plan.personalize_optimizer}
             if pool is not None:
                 pool.submit_personalize(server.weights, options)
                 done, node_eps = pool.collect()
@@ -357,8 +316,8 @@ def simulate(
     if out_dir is not None:
         summary = {k: v for k, v in asdict(sim).items() if k not in ("weights", "rounds", "personal_weights")}
         summary.update(rounds=len(rows), strategy=strategy, seed=seed, delta=delta,
-                       accountant=accountant, compression=Compression(compression).value,
-                       budget=epsilon)
+                       accountant=accountant, compression=plan.compression, budget=epsilon)
+        (out_dir / "plan.json").write_text(plan.to_json())
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return sim
 

@@ -13,6 +13,7 @@ from pipeline.codec import (
     KeyRegistry,
 )
 from pipeline.node.edge import Weights
+from pipeline.plan import FederationPlan
 from pipeline.server.rounds import RoundCoordinator, RoundOutcome, RoundPolicy
 from pipeline.server.strategies import make_strategy
 from schemas.update import ModelUpdate
@@ -44,6 +45,8 @@ class InProcessServer:
         self.coordinator = coordinator
         self.weights: Weights = {k: np.asarray(v, np.float32).copy() for k, v in initial.items()}
         self.stored: dict[str, bytes] = {}
+        #: what the last aggregation did (participants, ε by node, metrics), ``None`` before one
+        self.last_outcome: RoundOutcome | None = None
         #: with ``keep_history``: the weights of every version made, by version (0: initial)
         self.history: dict[int, Weights] = {0: self.weights} if keep_history else {}
         self._keep_history = keep_history
@@ -64,12 +67,25 @@ class InProcessServer:
             strategy=make_strategy(strategy, **dict(strategy_options or {})))
         return cls(coordinator, initial, keep_history=keep_history)
 
+    @classmethod
+    def from_plan(cls, plan: FederationPlan, *, keys: KeyRegistry,
+                  initial: Mapping[str, np.ndarray], nodes: int,
+                  keep_history: bool = False) -> InProcessServer:
+        """The server a plan describes: its strategy and its round policy for ``nodes`` nodes
+        (no wall-clock deadline: a simulated round ends when its updates are in)."""
+        coordinator = RoundCoordinator(
+            task=plan.task, keys=keys, policy=plan.round_policy(nodes, deadline=False),
+            expected={k: (tuple(v.shape), "float32") for k, v in initial.items()},
+            strategy=make_strategy(plan.strategy, **plan.strategy_options))
+        return cls(coordinator, initial, keep_history=keep_history)
+
     @property
     def version(self) -> int:
         return self.coordinator.version
 
     def receive(self, data: bytes, *, now: float = 0.0) -> tuple[ModelUpdate, int]:
-        """Admit one update and, in async mode, aggregate if the buffer is full.
+        """Admit one update and aggregate if the policy says the round is due (a sync quorum, or
+        a full async buffer), as the agent does after every admission.
 
         Returns the update and its staleness τ. Raises :class:`~pipeline.codec.CodecError`
         (with the reason the agent would send to the DLQ) if it is refused.
@@ -77,12 +93,13 @@ class InProcessServer:
         offer = self.coordinator.offer(data, now=now)
         if not offer.duplicate:
             self.stored[offer.key] = data
-            if self.coordinator.policy.mode == "async" and self.coordinator.due(now=now):
+            if self.coordinator.due(now=now):
                 self.close()
         return offer.update, offer.staleness
 
     def end_round(self) -> RoundOutcome | None:
-        """Sync mode: aggregate what arrived this round (``None`` if nothing did)."""
+        """Sync mode, the round's updates are in: aggregate what is buffered below the quorum
+        (the agent's deadline); ``None`` if nothing is."""
         if self.coordinator.policy.mode != "sync" or not self.coordinator.buffer:
             return None
         return self.close()
@@ -90,6 +107,7 @@ class InProcessServer:
     def close(self) -> RoundOutcome:
         """Aggregate the buffer; the weights and version move only if the strategy stepped."""
         outcome = self.coordinator.aggregate(self.weights, self.stored)
+        self.last_outcome = outcome
         if outcome.stepped:
             self.weights = {k: np.asarray(v, np.float32) for k, v in outcome.weights.items()}
             if self._keep_history:

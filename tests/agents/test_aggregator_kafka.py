@@ -31,8 +31,8 @@ NODES = ["akl-107-quay-street", "akl-188-quay-street-lower-albert-ew",
 
 
 def _run_dir(tmp_path: Path, **overrides) -> Path:
-    cfg = federation.FederationConfig(
-        task="pedestrian-forecast", task_kwargs={"sensors": 3, "max_train_per_node": 64},
+    cfg = federation.FederationPlan(
+        task="pedestrian-forecast", task_options={"sensors": 3, "max_train_per_node": 64},
         quorum=3, rounds=5, nodes=NODES, **overrides,
     )
     return federation.init_run_dir(tmp_path / "run", cfg)

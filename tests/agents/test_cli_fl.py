@@ -72,4 +72,4 @@ def test_simulate_local_sgd_with_server_adam_options(tmp_path):  # type: ignore[
         assert bad.exit_code == 2, bad.output
     unknown = runner.invoke(app, [*base, "--strategy", "fedadam", "--strategy-options",
                                   '{"nope": 1}', "--out", str(tmp_path / "bad2")])
-    assert unknown.exit_code == 1 and "nope" in unknown.output
+    assert unknown.exit_code == 2 and "nope" in unknown.output  # refused before any work

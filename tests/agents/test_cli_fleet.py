@@ -13,7 +13,7 @@ from agents.cli import app
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    return federation.init_run_dir(tmp_path / "run", federation.FederationConfig(nodes=["a", "b"]))
+    return federation.init_run_dir(tmp_path / "run", federation.FederationPlan(nodes=["a", "b"]))
 
 
 def _exec_args(monkeypatch, run_dir: Path, *args: str, env: dict | None = None) -> tuple[str, list]:

@@ -20,7 +20,7 @@ def test_init_writes_training_and_strategy_options_the_edges_use(tmp_path, monke
                                    "--lr", "0.1"])
     assert res.exit_code == 0, res.output
     cfg = federation.load_config(run)
-    assert (cfg.strategy, cfg.strategy_kwargs) == ("fedadam", {"server_lr": 0.03})
+    assert (cfg.strategy, cfg.strategy_options) == ("fedadam", {"server_lr": 0.03})
     assert (cfg.local_optimizer, cfg.lr) == ("sgd", 0.1)
     monkeypatch.setenv("EDGEVEIL_RUN_DIR", str(run))
     from agents.edge import _Edge
@@ -54,7 +54,7 @@ def test_init_rejects_bad_options_before_writing(tmp_path, args):  # type: ignor
 
 
 def test_load_config_rejects_a_bad_hand_edited_optimizer(tmp_path):  # type: ignore[no-untyped-def]
-    run = federation.init_run_dir(tmp_path / "run", federation.FederationConfig(nodes=["a"]))
+    run = federation.init_run_dir(tmp_path / "run", federation.FederationPlan(nodes=["a"]))
     data = json.loads((run / "federation.json").read_text())
     (run / "federation.json").write_text(json.dumps({**data, "local_optimizer": "lbfgs"}))
     with pytest.raises(ValueError, match="local_optimizer"):
@@ -72,8 +72,7 @@ def test_kafka_edge_builds_the_nodes_simulate_builds(tmp_path, monkeypatch):  # 
     from pipeline.sim import simulate
 
     edge = _Edge()
-    sim = simulate(task="pedestrian-forecast", nodes=2, rounds=1, epsilon=2.0, lr=0.1,
-                   local_optimizer="sgd", workers=1, eval_split="val")
+    sim = simulate(federation.load_config(run), workers=1, eval_split="val")  # the same plan
     assert set(sim.noise_multipliers) == set(edge.nodes)
     for node_id, node in edge.nodes.items():
         assert node.noise_multiplier == sim.noise_multipliers[node_id]

@@ -35,8 +35,8 @@ def test_three_edges_and_aggregator_complete_rounds_and_improve(kafka_broker: st
     task = get_task("pedestrian-forecast", **TASK_KWARGS)
     nodes = task.node_ids()
     rounds = 3
-    root = federation.init_run_dir(tmp_path / "run", federation.FederationConfig(
-        task="pedestrian-forecast", task_kwargs=TASK_KWARGS, quorum=3, rounds=rounds,
+    root = federation.init_run_dir(tmp_path / "run", federation.FederationPlan(
+        task="pedestrian-forecast", task_options=TASK_KWARGS, quorum=3, rounds=rounds,
         epsilon=4.0, nodes=nodes, deadline_s=300))
     settings = load_settings(bootstrap_servers=kafka_broker)
     ensure_topics(settings, FEDERATION_TOPICS)

@@ -18,7 +18,7 @@ from pipeline.identity import (
 
 
 def test_run_dir_with_an_encrypted_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = federation.FederationConfig(nodes=["n1", "n2"])
+    cfg = federation.FederationPlan(nodes=["n1", "n2"])
     root = federation.init_run_dir(tmp_path / "run", cfg, passphrase=b"pw")
     for key in [*root.glob("keys/**/*.key"), *root.glob("tls/**/*.key")]:
         assert key.stat().st_mode & 0o777 == 0o600, key
@@ -45,7 +45,7 @@ def test_run_dir_with_an_encrypted_keyring(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(KeyPermissionError):
         load_settings().kafka_python_security()
     with pytest.raises(ValueError):
-        federation.init_run_dir(tmp_path / "bad", federation.FederationConfig(nodes=["admin"]))
+        federation.init_run_dir(tmp_path / "bad", federation.FederationPlan(nodes=["admin"]))
     # a second init refuses to overwrite the CA
     with pytest.raises(FileExistsError):
         federation.init_run_dir(root, cfg, passphrase=b"pw")
@@ -65,7 +65,7 @@ def test_examples(module: str) -> None:
 def test_revoke_and_rotate_in_the_run_directory(tmp_path: Path) -> None:
     from agents import acls
 
-    root = federation.init_run_dir(tmp_path / "run", federation.FederationConfig(nodes=["n1", "n2"]))
+    root = federation.init_run_dir(tmp_path / "run", federation.FederationPlan(nodes=["n1", "n2"]))
     old_seed = federation.node_key(root, "n2")
     old_cert = federation.tls_identity(root, "n2").cert.read_bytes()
     ident = federation.rotate_node(root, "n2")
@@ -90,7 +90,7 @@ def test_workers_take_their_identity_from_the_run_dir_on_a_secured_cluster(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agents.commands.workers import _identity_env
 
-    root = federation.init_run_dir(tmp_path / "run", federation.FederationConfig(nodes=["n1"]))
+    root = federation.init_run_dir(tmp_path / "run", federation.FederationPlan(nodes=["n1"]))
     for var in ("EDGEVEIL_SECURITY_PROTOCOL", "EDGEVEIL_SSL_CERTFILE", "EDGEVEIL_APP_ID"):
         monkeypatch.delenv(var, raising=False)
     assert _identity_env(root, "n1", edge_group="edgeveil-n1-edge") == {}  # plaintext

@@ -160,8 +160,8 @@ def fleet(kafka_broker: str, tmp_path_factory) -> Any:
     t0 = time.monotonic()
     nodes = get_task("pedestrian-forecast", **TASK_KWARGS).node_ids()
     root = federation.init_run_dir(tmp_path_factory.mktemp("fleet") / "run",
-                                   federation.FederationConfig(
-                                       task="pedestrian-forecast", task_kwargs=TASK_KWARGS,
+                                   federation.FederationPlan(
+                                       task="pedestrian-forecast", task_options=TASK_KWARGS,
                                        quorum=3, rounds=ROUNDS, epsilon=4.0, nodes=nodes,
                                        deadline_s=300))
     settings = load_settings(bootstrap_servers=kafka_broker)

@@ -22,7 +22,7 @@ from tests.kafka_helpers import delete_federation_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
-def _fleet(secure_kafka: SecureKafka, tmp_path: Path, cfg: federation.FederationConfig,
+def _fleet(secure_kafka: SecureKafka, tmp_path: Path, cfg: federation.FederationPlan,
            ) -> tuple[Path, str, dict[str, str]]:
     """Run dir (certificates from the broker's CA), fresh topics and ACLs; the aggregator's
     app id and the environment every worker shares."""
@@ -56,7 +56,7 @@ def test_secured_federation_aggregator_and_two_edge_workers_complete_rounds(
     kwargs = {"sensors": 2, "max_train_per_node": 1000}
     nodes = get_task("pedestrian-forecast", **kwargs).node_ids()
     rounds = 2
-    cfg = federation.FederationConfig(task="pedestrian-forecast", task_kwargs=kwargs, quorum=2,
+    cfg = federation.FederationPlan(task="pedestrian-forecast", task_options=kwargs, quorum=2,
                                       rounds=rounds, epsilon=4.0, nodes=nodes, deadline_s=300)
     root, app_id, env = _fleet(secure_kafka, tmp_path, cfg)
     pub = federation.aggregator_public_key(root)
@@ -165,7 +165,7 @@ def test_revoked_node_is_refused_its_queued_update_goes_to_the_dlq_and_the_round
     from pipeline.tasks import get_task
 
     nodes = get_task("pedestrian-forecast", **kwargs).node_ids()
-    cfg = federation.FederationConfig(task="pedestrian-forecast", task_kwargs=kwargs, quorum=3,
+    cfg = federation.FederationPlan(task="pedestrian-forecast", task_options=kwargs, quorum=3,
                                       min_quorum=2, deadline_s=5.0, rounds=3, nodes=nodes)
     root, app_id, env = _fleet(secure_kafka, tmp_path, cfg)
     admin = secure_kafka.admin_settings()

@@ -27,7 +27,7 @@ def fleet(secure_kafka: SecureKafka, tmp_path_factory: pytest.TempPathFactory) -
     and ACLs set up by the admin."""
     root = federation.init_run_dir(
         tmp_path_factory.mktemp("secure-fleet") / "run",
-        federation.FederationConfig(task="pedestrian-forecast", task_kwargs=TASK_KWARGS,
+        federation.FederationPlan(task="pedestrian-forecast", task_options=TASK_KWARGS,
                                     quorum=2, rounds=2, nodes=NODES),
         ca_dir=secure_kafka.ca_dir)
     app_id = f"t{uuid.uuid4().hex[:6]}-aggregator"

@@ -33,8 +33,8 @@ from tests.kafka_helpers import delete_federation_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 CASES = {
-    "sync-fedavg": dict(mode="sync", strategy="fedavg", strategy_kwargs={}),
-    "async-fedbuff": dict(mode="async", strategy="fedbuff", strategy_kwargs={"buffer_size": 2},
+    "sync-fedavg": dict(mode="sync", strategy="fedavg", strategy_options={}),
+    "async-fedbuff": dict(mode="async", strategy="fedbuff", strategy_options={"buffer_size": 2},
                           buffer_size=2, max_staleness=4),
 }
 
@@ -56,11 +56,9 @@ def test_simulate_and_kafka_aggregator_publish_identical_models(
     env = _env(kafka_broker, root, f"t-{uuid.uuid4().hex[:6]}-aggregator")
     with FaustWorker("agents.aggregator", env=env) as worker:
         w0 = dict(models.wait_for(0, worker=worker).weights)
-        server = InProcessServer.build(
-            task=cfg.task, keys=federation.registry(root), initial=w0, nodes=len(NODES),
-            strategy=cfg.strategy, strategy_options=cfg.strategy_kwargs, mode=cfg.mode,
-            buffer_size=cfg.buffer_size if cfg.mode == "async" else None,
-            max_staleness=cfg.max_staleness, keep_history=True)
+        # the server simulate() builds from the same plan
+        server = InProcessServer.from_plan(cfg, keys=federation.registry(root), initial=w0,
+                                           nodes=len(cfg.nodes), keep_history=True)
         taus: list[int] = []
         for rnd in (1, 2, 3):
             base = server.version  # every node trains from the newest version at round start

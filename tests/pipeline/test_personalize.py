@@ -8,6 +8,7 @@ import torch
 
 from pipeline.codec import generate_keypair
 from pipeline.node import EdgeNode
+from pipeline.plan import FederationPlan
 from pipeline.privacy import noise_multiplier_for_budget
 from pipeline.privacy.ledger import BudgetExceededError, PrivacyLedger
 from pipeline.sim import simulate
@@ -35,9 +36,11 @@ def _node(task, nid, index, tmp_path, *, budget=4.0, sigma=1.0):  # type: ignore
 
 def test_simulate_personalises_within_the_budget_and_records_every_step(ped, tmp_path):  # type: ignore[no-untyped-def]
     rounds, local, extra = 2, 4, 6
-    res = simulate(task=ped, rounds=rounds, epsilon=3.0, accountant="rdp", seed=0,
-                   local_steps=local, batch_size=150, eval_split="val", out=tmp_path,
-                   personalize_steps=extra, workers=2)
+    plan = FederationPlan(task="pedestrian-forecast", rounds=rounds, epsilon=3.0,
+                          accountant="rdp", local_steps=local, batch_size=150,
+                          personalize_steps=extra)
+    assert plan.dp_steps(local_steps=99) == rounds * local + extra
+    res = simulate(plan, task=ped, eval_split="val", out=tmp_path, workers=2)
     assert set(res.personal_weights) == set(ped.node_ids()) == set(res.personal_metrics)
     for nid in ped.node_ids():
         ledger = PrivacyLedger.open(tmp_path / "ledgers" / f"{nid}.ledger.json", node_id=nid,
@@ -62,11 +65,12 @@ def test_simulate_personalises_within_the_budget_and_records_every_step(ped, tmp
 
 
 def test_personalisation_is_off_by_default(ped):  # type: ignore[no-untyped-def]
-    res = simulate(task=ped, rounds=1, epsilon=3.0, accountant="rdp", seed=0, local_steps=2,
-                   batch_size=150, eval_split="val", workers=1)
+    plan = FederationPlan(task="pedestrian-forecast", rounds=1, epsilon=3.0, accountant="rdp",
+                          local_steps=2, batch_size=150)
+    res = simulate(plan, task=ped, eval_split="val", workers=1)
     assert not res.personal_weights and not res.personal_metrics
-    with pytest.raises(ValueError):
-        simulate(task=ped, rounds=1, epsilon=3.0, seed=0, personalize_steps=-1)
+    with pytest.raises(ValueError, match="personalize_steps"):
+        FederationPlan(task="pedestrian-forecast", personalize_steps=-1)
 
 
 def test_personal_model_stays_on_its_node(ped, tmp_path):  # type: ignore[no-untyped-def]
@@ -127,8 +131,9 @@ def test_local_head_never_leaves_the_node(ped, tmp_path):  # type: ignore[no-unt
 
 
 def test_simulate_with_local_heads(ped):  # type: ignore[no-untyped-def]
-    res = simulate(task=ped, rounds=2, epsilon=3.0, accountant="rdp", seed=0, local_steps=3,
-                   batch_size=150, eval_split="val", workers=1, local_head=True)
+    plan = FederationPlan(task="pedestrian-forecast", rounds=2, epsilon=3.0, accountant="rdp",
+                          local_steps=3, batch_size=150, local_head=True)
+    res = simulate(plan, task=ped, eval_split="val", workers=1)
     torch.manual_seed(0)
     init = get_weights(ped.build_model())
     # the server never moved the head; each node's head is its own
@@ -156,15 +161,17 @@ def test_personalise_optimizer_choice(ped, tmp_path):  # type: ignore[no-untyped
 
 
 def test_local_sgd_with_a_fedadam_server_improves(ped):  # type: ignore[no-untyped-def]
-    kw = dict(task=ped, rounds=4, epsilon=4.0, accountant="rdp", seed=0, local_steps=5,
-              batch_size=150, eval_split="val", workers=1, strategy="fedadam",
-              strategy_options={"server_lr": 0.03})
-    sgd = simulate(local_optimizer="sgd", lr=0.1, **kw)  # type: ignore[arg-type]
+    plan = FederationPlan(task="pedestrian-forecast", rounds=4, epsilon=4.0, accountant="rdp",
+                          local_steps=5, batch_size=150, strategy="fedadam",
+                          strategy_options={"server_lr": 0.03})
+    sgd = simulate(plan.replace(local_optimizer="sgd", lr=0.1), task=ped,
+                   eval_split="val", workers=1)
     assert sgd.final_metrics["mae"] < 0.7 * sgd.initial_metrics["mae"]
-    adam = simulate(**kw)  # type: ignore[arg-type]  # the task's local Adam: other steps
+    # the task's local Adam: other steps
+    adam = simulate(plan, task=ped, eval_split="val", workers=1)
     assert not np.array_equal(sgd.weights["net.0.weight"], adam.weights["net.0.weight"])
-    with pytest.raises(ValueError):
-        simulate(local_optimizer="rmsprop", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="local_optimizer"):
+        plan.replace(local_optimizer="rmsprop")
 
 
 def test_keep_optimizer_state_carries_adam_over_rounds(ped, tmp_path):  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ import torch
 
 from pipeline.codec import CodecError, KeyRegistry, generate_keypair
 from pipeline.node import EdgeNode
+from pipeline.plan import FederationPlan
 from pipeline.privacy.ledger import BudgetExceededError, PrivacyLedger
 from pipeline.sim import InProcessServer, simulate
 from pipeline.tasks import get_task
@@ -30,10 +31,10 @@ def fashion():  # type: ignore[no-untyped-def]
 
 
 def test_fashion_simulation_improves_and_is_reproducible(fashion, tmp_path):  # type: ignore[no-untyped-def]
-    kw = dict(task=fashion, rounds=3, epsilon=8.0, accountant="rdp", seed=1, local_steps=6,
-              batch_size=50, lr=1.0)
-    a = simulate(out=tmp_path / "a", **kw)
-    b = simulate(**kw)
+    plan = FederationPlan(task="fashion-mnist", rounds=3, epsilon=8.0, accountant="rdp", seed=1,
+                          local_steps=6, batch_size=50, lr=1.0)
+    a = simulate(plan, task=fashion, out=tmp_path / "a")
+    b = simulate(plan, task=fashion)
     assert a.final_metrics["accuracy"] > a.initial_metrics["accuracy"] + 0.1
     assert [r.metric for r in a.rounds] == [r.metric for r in b.rounds]
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
@@ -42,21 +43,23 @@ def test_fashion_simulation_improves_and_is_reproducible(fashion, tmp_path):  # 
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[0]["bytes_per_update"] <= 0.25 * rows[0]["raw_float32_bytes"]
     assert (tmp_path / "a" / "rounds.csv").exists() and (tmp_path / "a" / "summary.json").exists()
+    assert FederationPlan.load(tmp_path / "a" / "plan.json") == plan  # the recipe, re-runnable
 
 
 def test_pedestrian_simulation_improves():  # type: ignore[no-untyped-def]
     task = get_task("pedestrian-forecast", sensors=2, max_train_per_node=3000)
-    res = simulate(task=task, rounds=3, epsilon=4.0, accountant="rdp", seed=0, local_steps=10,
-                   batch_size=300, eval_split="val")
+    plan = FederationPlan(task="pedestrian-forecast", rounds=3, epsilon=4.0, accountant="rdp",
+                          local_steps=10, batch_size=300)
+    res = simulate(plan, task=task, eval_split="val")
     assert res.final_metrics["mae"] < 0.7 * res.initial_metrics["mae"]
 
 
 def test_restart_never_lowers_epsilon_and_exhausted_nodes_stop(fashion, tmp_path):  # type: ignore[no-untyped-def]
-    kw = dict(task=fashion, rounds=2, epsilon=3.0, accountant="rdp", seed=0, local_steps=3,
-              batch_size=50, out=tmp_path)
-    first = simulate(**kw)
+    plan = FederationPlan(task="fashion-mnist", rounds=2, epsilon=3.0, accountant="rdp",
+                          local_steps=3, batch_size=50)
+    first = simulate(plan, task=fashion, out=tmp_path)
     # "restart" on the same folder: ledgers are reloaded, the plan no longer fits the budget
-    second = simulate(**kw)
+    second = simulate(plan, task=fashion, out=tmp_path)
     for node, eps in first.epsilons.items():
         assert second.epsilons[node] >= eps
         assert second.epsilons[node] <= 3.0
@@ -85,7 +88,8 @@ def test_server_admits_a_node_update_once_and_refuses_tampering(fashion):  # typ
     keys = KeyRegistry()
     keys.register("fmnist-00", public)
     weights = get_weights(fashion.build_model())
-    server = InProcessServer.build(task=fashion.name, keys=keys, initial=weights, nodes=1)
+    # a quorum of 2 that never comes: end_round() closes with what arrived (the agent's deadline)
+    server = InProcessServer.build(task=fashion.name, keys=keys, initial=weights, nodes=2)
     node = EdgeNode(node_id="fmnist-00", task=fashion, private_key=private,
                     ledger=PrivacyLedger(node_id="fmnist-00", budget=10, delta=1e-5,
                                          mechanism="rdp"),
@@ -115,31 +119,35 @@ def test_server_admits_a_node_update_once_and_refuses_tampering(fashion):  # typ
 def test_async_fedbuff_simulation_sees_real_staleness(fashion):  # type: ignore[no-untyped-def]
     # 3 nodes, a server step every 2 updates: in round 1 the third update arrives one version
     # late, and so on; FedBuff down-weights them and a version counts only when it stepped
-    kw = dict(task=fashion, rounds=3, epsilon=8.0, accountant="rdp", seed=2, local_steps=3,
-              batch_size=50, lr=1.0, workers=1, mode="async", buffer_size=2,
-              strategy="fedbuff", strategy_options={"buffer_size": 2})
-    a = simulate(**kw)
+    plan = FederationPlan(task="fashion-mnist", rounds=3, epsilon=8.0, accountant="rdp", seed=2,
+                          local_steps=3, batch_size=50, lr=1.0, mode="async", buffer_size=2,
+                          strategy="fedbuff", strategy_options={"buffer_size": 2})
+    a = simulate(plan, task=fashion, workers=1)
     taus = [dict(r.staleness) for r in a.rounds]
     assert taus[0] == {"fmnist-00": 0, "fmnist-01": 0, "fmnist-02": 1}
     assert any(t > 0 for row in taus[1:] for t in row.values())
     # 9 updates, a step per 2 buffered: 4 versions, one update still waiting in the buffer
     assert [r.version for r in a.rounds] == [1, 3, 4]
-    b = simulate(**kw)
+    b = simulate(plan, task=fashion, workers=1)
     assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
-    sync = simulate(**{**kw, "mode": "sync", "strategy": "fedavg", "strategy_options": {}})
+    sync_plan = plan.replace(mode="sync", strategy="fedavg", strategy_options={})
+    sync = simulate(sync_plan, task=fashion, workers=1)
     assert [r.version for r in sync.rounds] == [1, 2, 3]
     assert all(t == 0 for r in sync.rounds for t in r.staleness.values())
+    # a sync quorum of 2: the third update of each round comes after the close, as a stale one
+    quorum = simulate(sync_plan.replace(quorum=2), task=fashion, workers=1)
+    assert [r.updates_rejected for r in quorum.rounds] == [("fmnist-02: stale",)] * 3
     with pytest.raises(ValueError, match="mode"):
-        simulate(**{**kw, "mode": "sometimes"})
+        plan.replace(mode="sometimes")
 
 
 def test_node_workers_change_nothing_but_speed(fashion, tmp_path):  # type: ignore[no-untyped-def]
     # one torch thread everywhere (fixture): in-process, 2 and 3 forked workers are bit-identical
-    kw = dict(task=fashion, rounds=2, epsilon=8.0, accountant="rdp", seed=3, local_steps=3,
-              batch_size=50, lr=1.0)
-    one = simulate(workers=1, **kw)
+    plan = FederationPlan(task="fashion-mnist", rounds=2, epsilon=8.0, accountant="rdp", seed=3,
+                          local_steps=3, batch_size=50, lr=1.0)
+    one = simulate(plan, task=fashion, workers=1)
     for workers in (2, 3):
-        many = simulate(workers=workers, out=tmp_path / str(workers), **kw)
+        many = simulate(plan, task=fashion, workers=workers, out=tmp_path / str(workers))
         assert [r.metric for r in many.rounds] == [r.metric for r in one.rounds]
         assert many.initial_metrics == one.initial_metrics
         assert many.epsilons == one.epsilons
@@ -151,7 +159,7 @@ def test_node_workers_change_nothing_but_speed(fashion, tmp_path):  # type: igno
                                          delta=1e-5, mechanism="rdp")
             assert on_disk.total_steps == 2 * 3 and on_disk.epsilon() == eps
     with pytest.raises(ValueError):
-        simulate(workers=0, **kw)
+        simulate(plan, task=fashion, workers=0)
 
 
 def test_balance_spreads_batches_over_workers():  # type: ignore[no-untyped-def]
@@ -173,5 +181,5 @@ def test_worker_errors_reach_the_caller(fashion):  # type: ignore[no-untyped-def
             raise RuntimeError("boom in a node worker")
 
     with pytest.raises(RuntimeError, match="boom in a node worker"):
-        simulate(task=Broken(), rounds=2, epsilon=8.0, accountant="rdp", seed=0, local_steps=2,
-                 batch_size=50, workers=2)
+        simulate(FederationPlan(task="fashion-mnist", rounds=2, epsilon=8.0, accountant="rdp",
+                                local_steps=2, batch_size=50), task=Broken(), workers=2)

@@ -137,8 +137,11 @@ def test_scatter_dp_simulation_improves(scatter_task, head):  # type: ignore[no-
     if head == "cnn":
         task = get_task("fashion-mnist", num_nodes=3, seed=0, max_train_per_node=150,
                         max_test=200, features="scatter", head="cnn")
-    res = simulate(task=task, rounds=3, epsilon=3.0, accountant="rdp", seed=0, local_steps=5,
-                   batch_size=50, workers=1)
+    from pipeline.plan import FederationPlan
+
+    plan = FederationPlan(task="fashion-mnist", rounds=3, epsilon=3.0, accountant="rdp",
+                          local_steps=5, batch_size=50)
+    res = simulate(plan, task=task, workers=1)
     assert max(res.epsilons.values()) <= 3.0
     assert res.final_metrics["accuracy"] > res.initial_metrics["accuracy"] + 0.2
     if head == "linear":  # int8 target; the 9 k-parameter CNN's update is mostly per-tensor overhead

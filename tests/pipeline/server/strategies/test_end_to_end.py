@@ -56,8 +56,9 @@ def test_round_trip_through_codec_and_admission(name: str) -> None:
             server.receive(frame)
         except CodecError as err:
             rejected.append(err.reason)
-    outcome = server.end_round()
-    # Assert
+    # Assert: the tenth distinct update made the quorum and closed the round
+    assert server.end_round() is None and server.version == 1
+    outcome = server.last_outcome
     assert rejected == ["bad_signature"] and outcome is not None
     assert sorted(outcome.participants) == [f"n{i}" for i in range(10)]
     reference = {k: np.mean([h[k] for h in honest], axis=0) for k in SHAPES}
