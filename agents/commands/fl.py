@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
         personalize_steps: int = typer.Option(
             None, "--personalize-steps",
             help="DP-SGD fine-tuning steps per node after the last round (in the budget)."),
-        personalize_lr: float = typer.Option(None, "--personalize-lr"),
+        personalize_lr: float = typer.Option(None, "--personalize-lr",
+                                             help="Fine-tuning learning rate (default: the local one)."),
         personalize_optimizer: str = typer.Option(None, "--personalize-optimizer",
                                                   help="sgd or adam."),
         personalize_layers: str = typer.Option(None, "--personalize-layers", help="all or head."),
