@@ -30,12 +30,13 @@ from typing import Any
 from agents import federation
 from agents.app import make_app, settings
 from agents.fleet import Fleet
+from agents.streams import dead_letter, dead_letter_message, raw_topic
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
 from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
 from pipeline.codec import CodecError
 from pipeline.codec.global_model import encode_global_model
 from pipeline.server.rounds import Checked, RoundCoordinator, RoundOutcome
-from schemas.messages import DlqEntry, GlobalModel, GlobalModelHeader
+from schemas.messages import GlobalModel, GlobalModelHeader
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,9 @@ app = make_app("aggregator")
 # (limits: 16 MiB, agents.settings) also carry the small per-update references many at a time.
 app.conf.producer_max_batch_size = 1 << 20
 
-updates_topic = app.topic(UPDATES.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw", partitions=UPDATES.partitions)
-models_topic = app.topic(MODELS.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=MODELS.partitions)
-dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw", partitions=DLQ.partitions)
+updates_topic = raw_topic(app, UPDATES)
+models_topic = raw_topic(app, MODELS)
+dlq_topic = raw_topic(app, DLQ)
 
 # use_partitioner: a key always goes to the same changelog partition, whichever input partition
 # the write came from, so recovery replays each key's writes in order.
@@ -361,14 +359,9 @@ async def _close_round(rt: _Runtime) -> None:
 
 async def _to_dlq(event: Any, err: CodecError | Exception) -> None:
     msg = event.message
-    reason = getattr(err, "reason", type(err).__name__)
-    detail = getattr(err, "detail", str(err))
-    entry = DlqEntry(reason=str(reason), detail=str(detail)[:2000], source_topic=msg.topic,
-                     partition=msg.partition, offset=msg.offset, agent="aggregator")
-    await dlq_topic.send(key=msg.key, value=msg.value or b"", headers=entry.to_headers())
+    entry = await dead_letter_message(dlq_topic, msg, err, agent="aggregator", what="update")
     fleet.record_update(_node_of(msg.key), round_=None, base_version=None,
-                        size=len(msg.value or b""), outcome="rejected", reason=str(reason))
-    log.warning("rejected update at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+                        size=len(msg.value or b""), outcome="rejected", reason=entry.reason)
 
 
 def _node_of(key: bytes | None) -> str:
@@ -542,12 +535,12 @@ async def _reload_registry(rt: _Runtime) -> None:
             data = rt.pending.pop(key, None)
             ref = rt.refs.pop(key, None)
             rt.unflushed.pop(key, None)
-            entry = DlqEntry(reason="revoked", detail=f"node {node!r} was revoked while this "
-                             "update waited in the open round", source_topic=UPDATES.name,
-                             partition=ref.partition if ref else -1,
-                             offset=ref.offset if ref else -1, agent="aggregator")
-            await dlq_topic.send(key=node.encode(), value=data or b"", headers=entry.to_headers())
-            log.warning("revoked %s: its update %s left the open round for the DLQ", node, key)
+            await dead_letter(dlq_topic, agent="aggregator", reason="revoked",
+                              detail=f"node {node!r} was revoked while this update waited in "
+                                     "the open round", key=node.encode(), value=data,
+                              source_topic=UPDATES.name,
+                              partition=ref.partition if ref else -1,
+                              offset=ref.offset if ref else -1, what=f"update {key}")
 
 
 @app.timer(interval=1.0)

@@ -10,12 +10,11 @@ import itertools
 import json
 
 from agents.app import app
+from agents.streams import raw_topic
 from agents.topics import ECHO_IN, ECHO_OUT
 
-echo_in = app.topic(ECHO_IN.name, key_type=bytes, value_type=bytes, value_serializer="raw",
-                    key_serializer="raw", partitions=ECHO_IN.partitions)
-echo_out = app.topic(ECHO_OUT.name, key_type=bytes, value_type=bytes, value_serializer="raw",
-                     key_serializer="raw", partitions=ECHO_OUT.partitions)
+echo_in = raw_topic(app, ECHO_IN)
+echo_out = raw_topic(app, ECHO_OUT)
 
 _seen = itertools.count()
 

@@ -34,32 +34,23 @@ from typing import Any
 from agents import federation
 from agents.app import make_app, settings
 from agents.settings import load_settings
+from agents.streams import dead_letter_message, raw_topic
 from agents.topics import ANALYTICS, CONTROL, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
 from pipeline.codec import CodecError
 from pipeline.serving.models import EdgeModels
-from schemas.messages import AnalyticsRecord, DlqEntry, Telemetry
+from schemas.messages import AnalyticsRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
 app = make_app("edge")
 
-models_topic = app.topic(MODELS.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=MODELS.partitions)
-updates_topic = app.topic(UPDATES.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw", partitions=UPDATES.partitions)
-analytics_topic = app.topic(ANALYTICS.name, key_type=bytes, value_type=bytes,
-                            key_serializer="raw", value_serializer="raw",
-                            partitions=ANALYTICS.partitions)
-telemetry_topic = app.topic(TELEMETRY.name, key_type=bytes, value_type=bytes,
-                            key_serializer="raw", value_serializer="raw",
-                            partitions=TELEMETRY.partitions)
-frames_topic = app.topic(FRAMES_ANONYMIZED.name, key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw",
-                         partitions=FRAMES_ANONYMIZED.partitions)
-dlq_topic = app.topic(DLQ.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw", partitions=DLQ.partitions)
-control_topic = app.topic(CONTROL.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw", partitions=CONTROL.partitions)
+models_topic = raw_topic(app, MODELS)
+updates_topic = raw_topic(app, UPDATES)
+analytics_topic = raw_topic(app, ANALYTICS)
+telemetry_topic = raw_topic(app, TELEMETRY)
+frames_topic = raw_topic(app, FRAMES_ANONYMIZED)
+dlq_topic = raw_topic(app, DLQ)
+control_topic = raw_topic(app, CONTROL)
 
 
 def select_nodes(spec: str, nodes: list[str]) -> list[str]:
@@ -225,12 +216,7 @@ def _runtime() -> _Edge:
 
 
 async def _reject(msg: Any, err: Exception, what: str = "model") -> None:
-    entry = DlqEntry(reason=str(getattr(err, "reason", type(err).__name__)),
-                     detail=str(getattr(err, "detail", err))[:2000], source_topic=msg.topic,
-                     partition=msg.partition, offset=msg.offset, agent="edge")
-    await dlq_topic.send(key=msg.key, value=msg.value or b"", headers=entry.to_headers())
-    log.warning("rejected %s at %s[%d]@%d: %s (%s)", what, msg.topic, msg.partition, msg.offset,
-                entry.reason, entry.detail[:200])
+    await dead_letter_message(dlq_topic, msg, err, agent="edge", what=what)
 
 
 async def _send_forecasts(edge: _Edge, nodes: list[str]) -> None:

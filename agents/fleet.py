@@ -39,6 +39,7 @@ import faust
 
 from agents import federation
 from agents.settings import Settings
+from agents.streams import raw_topic
 from agents.topics import CONTROL, DLQ, TELEMETRY
 from pipeline.codec.exceptions import CodecError
 from pipeline.server.fleet import FleetView, fleet_view
@@ -82,8 +83,7 @@ class Fleet:
         self._recent_dlq: deque[dict[str, Any]] = deque(maxlen=RECENT)
 
         def raw(spec: Any) -> Any:
-            return app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                             value_serializer="raw", partitions=spec.partitions)
+            return raw_topic(app, spec)
 
         def table(name: str) -> Any:
             return app.Table(name, default=None, key_type=str, use_partitioner=True, partitions=1)
