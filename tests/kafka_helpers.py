@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 
 def delete_federation_topics(bootstrap_servers: str, *, settings: object = None,
@@ -25,3 +27,12 @@ def delete_federation_topics(bootstrap_servers: str, *, settings: object = None,
                 time.sleep(0.2)
     finally:
         admin.close()
+
+
+def start_workers(workers: Iterable[Any], timeout: float = 180) -> None:
+    """Start faust workers together (their start-ups overlap), then wait until each is ready."""
+    workers = list(workers)
+    for w in workers:
+        w.start(wait_ready=False)
+    for w in workers:
+        w.wait_ready(timeout)

@@ -15,7 +15,7 @@ from agents.topics import ANALYTICS, FEDERATION_TOPICS, MODELS, TELEMETRY, ensur
 from agents.workers import FaustWorker
 from pipeline.codec.global_model import decode_global_model
 from schemas.messages import AnalyticsRecord, Telemetry
-from tests.kafka_helpers import delete_federation_topics
+from tests.kafka_helpers import delete_federation_topics, start_workers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -57,10 +57,7 @@ def test_three_edges_and_aggregator_complete_rounds_and_improve(kafka_broker: st
     telemetry: dict[str, Telemetry] = {}
     forecasts: dict[tuple[str, int], AnalyticsRecord] = {}
     try:
-        for w in workers:
-            w.start(wait_ready=False)
-        for w in workers:
-            w.wait_ready(180)
+        start_workers(workers)
         deadline = time.monotonic() + 420
         def finished() -> bool:
             return rounds in models and all((n, rounds) in forecasts for n in nodes)

@@ -154,7 +154,7 @@ def _total(fam: Any, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def fleet(kafka_broker: str, tmp_path_factory) -> Any:
     from pipeline.tasks import get_task
-    from tests.kafka_helpers import delete_federation_topics
+    from tests.kafka_helpers import delete_federation_topics, start_workers
 
     delete_federation_topics(kafka_broker)
     t0 = time.monotonic()
@@ -182,10 +182,7 @@ def fleet(kafka_broker: str, tmp_path_factory) -> Any:
     f = Fleet(root=root, nodes=nodes, settings=settings, url=f"http://127.0.0.1:{port}",
               env=env, workers=workers)
     try:
-        for w in workers.values():
-            w.start(wait_ready=False)
-        for w in workers.values():
-            w.wait_ready(180)
+        start_workers(workers.values())
         f.wait(lambda: set(f.served().values()) == {("alive", ROUNDS)}, 300,
                f"every node alive and serving v{ROUNDS}")
         f.timings["federation_s"] = time.monotonic() - t0

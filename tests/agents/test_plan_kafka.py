@@ -22,7 +22,7 @@ from agents.workers import FaustWorker
 from pipeline.codec.global_model import decode_global_model
 from pipeline.plan import FederationPlan
 from pipeline.privacy.ledger import PrivacyLedger, ledger_path
-from tests.kafka_helpers import delete_federation_topics
+from tests.kafka_helpers import delete_federation_topics, start_workers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -73,10 +73,7 @@ def test_personalised_plan_runs_over_kafka_as_simulated(kafka_broker: str, tmp_p
                              **settings.consumer_config())
     models = {}
     try:
-        for w in workers:
-            w.start(wait_ready=False)
-        for w in workers:
-            w.wait_ready(180)
+        start_workers(workers)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not (
                 plan.rounds in models and all(personal_path(root, n).exists() for n in nodes)):

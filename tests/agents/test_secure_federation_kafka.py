@@ -17,7 +17,7 @@ from pipeline.codec.global_model import decode_global_model
 from schemas.messages import DlqEntry, Telemetry
 from schemas.update import ModelUpdate, PrivacyStamp
 from tests.conftest import SecureKafka
-from tests.kafka_helpers import delete_federation_topics
+from tests.kafka_helpers import delete_federation_topics, start_workers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -71,10 +71,7 @@ def test_secured_federation_aggregator_and_two_edge_workers_complete_rounds(
     telemetry: dict[str, Telemetry] = {}
     dlq: list[DlqEntry] = []
     try:
-        for w in workers:
-            w.start(wait_ready=False)
-        for w in workers:
-            w.wait_ready(180)
+        start_workers(workers)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not (rounds in models and set(nodes) <= {
                 n for n, t in telemetry.items() if t.model_version >= rounds}):
