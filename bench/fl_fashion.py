@@ -40,6 +40,7 @@ def _fl(task: Any, args: argparse.Namespace, *, epsilon: float | None, compressi
                           strategy=args.strategy)
     res = simulate(plan, task=task, eval_every=args.eval_every)
     return {
+        "plan": plan.model_dump(),
         "accuracy": res.final_metrics["accuracy"],
         "accuracy_per_round": [round(r.metric, 4) for r in res.rounds],
         "epsilon_max": max(res.epsilons.values()) if epsilon else None,
