@@ -30,6 +30,7 @@ from typing import Any
 from agents import federation
 from agents.app import make_app, settings
 from agents.fleet import Fleet
+from agents.runtime import build_on_start, peek, runtime
 from agents.streams import dead_letter, dead_letter_message, raw_topic
 from agents.topics import DLQ, FEDERATION_TOPICS, MODELS, UPDATES
 from agents.update_refs import UpdateRef, UpdateRefError, fetch_refs, pack_refs, unpack_refs
@@ -69,7 +70,7 @@ global_table = app.Table("aggregator-global", default=None, key_type=str, value_
 
 def _round_state() -> dict[str, Any]:
     """The open round, for the fleet page (empty until the state is loaded)."""
-    rt = _rt
+    rt = _built()
     if rt is None or not rt.loaded:
         return {}
     coord = rt.coordinator
@@ -131,9 +132,6 @@ class _Runtime:
         return dict(self.weights)
 
 
-_rt: _Runtime | None = None
-
-
 def _stamp(path: Any) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -143,10 +141,16 @@ def _stamp(path: Any) -> tuple[int, int] | None:
 
 
 def _runtime() -> _Runtime:
-    global _rt
-    if _rt is None:
-        _rt = _Runtime()
-    return _rt
+    """This worker's runtime, kept on the app (agents/runtime.py)."""
+    return runtime(app, "aggregator", _Runtime)
+
+
+def _built() -> _Runtime | None:
+    rt: _Runtime | None = peek(app, "aggregator")
+    return rt
+
+
+build_on_start(app, "aggregator", _Runtime)
 
 
 def _task_model(cfg: federation.FederationPlan) -> tuple[dict[str, Any], Any, bool]:
@@ -547,9 +551,9 @@ async def _reload_registry(rt: _Runtime) -> None:
 async def watch_registry() -> None:
     """Re-read the key registry when its file changes (revocation and rotation take effect
     within a second, without a restart)."""
-    if _rt is None or not _ready():
+    rt = _built()
+    if rt is None or not _ready():
         return
-    rt = _rt
     async with rt.lock:
         try:
             await _reload_registry(rt)

@@ -26,13 +26,13 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agents import federation
 from agents.app import make_app, settings
+from agents.runtime import build_on_start, peek, runtime
 from agents.settings import load_settings
 from agents.streams import dead_letter_message, raw_topic
 from agents.topics import ANALYTICS, CONTROL, DLQ, FRAMES_ANONYMIZED, MODELS, TELEMETRY, UPDATES
@@ -203,16 +203,18 @@ class _Edge:
         return float(to_counts(node_id, z.reshape(-1))[0]), float(w.counts[i]), version
 
 
-_edge: _Edge | None = None
-_edge_lock = threading.Lock()  # the model and control agents both build the runtime
-
-
 def _runtime() -> _Edge:
-    global _edge
-    with _edge_lock:
-        if _edge is None:
-            _edge = _Edge()
-        return _edge
+    """This worker's nodes and models, kept on the app (agents/runtime.py); the model and
+    control agents both ask for it, one builds it."""
+    return runtime(app, "edge", _Edge)
+
+
+def _built() -> _Edge | None:
+    edge: _Edge | None = peek(app, "edge")
+    return edge
+
+
+build_on_start(app, "edge", _Edge)
 
 
 async def _reject(msg: Any, err: Exception, what: str = "model") -> None:
@@ -355,11 +357,12 @@ async def _send_camera_output(edge: _Edge) -> None:
 async def _stop_camera(app: Any, **kwargs: Any) -> None:
     """On SIGTERM: stop the camera, which closes its open count interval (appended to the local
     series CSV), and hand that last interval to the producer before faust flushes it."""
-    if _edge is None or _edge.camera is None:
+    edge = _built()
+    if edge is None or edge.camera is None:
         return
-    await asyncio.to_thread(_edge.camera.stop)
+    await asyncio.to_thread(edge.camera.stop)
     try:
-        await _send_camera_output(_edge)
+        await _send_camera_output(edge)
     except Exception as exc:  # noqa: BLE001 - shutting down; the CSV already holds the counts
         log.warning("could not send the camera's last interval: %s", exc)
 
@@ -367,20 +370,21 @@ async def _stop_camera(app: Any, **kwargs: Any) -> None:
 @app.timer(interval=2.0)
 async def heartbeat() -> None:
     """One telemetry record per node every 2 s; the camera's counts and previews."""
-    if _edge is None:
+    edge = _built()
+    if edge is None:
         return
-    proc = _edge.proc  # one Process object: cpu_percent() measures since the previous beat
+    proc = edge.proc  # one Process object: cpu_percent() measures since the previous beat
     cpu = proc.cpu_percent(None)
     rss = proc.memory_info().rss
-    cam = _edge.camera
+    cam = edge.camera
     cam_stats = cam.stats() if cam is not None else None
-    await _send_camera_output(_edge)
-    for node_id in _edge.nodes:
-        on_cam = cam_stats is not None and node_id == _edge.camera_node
-        served = _edge.models.version_of(node_id)
+    await _send_camera_output(edge)
+    for node_id in edge.nodes:
+        on_cam = cam_stats is not None and node_id == edge.camera_node
+        served = edge.models.version_of(node_id)
         t = Telemetry(node_id=node_id, fps=cam_stats.fps if on_cam else 0.0,
                       frames_in=cam_stats.frames_in if on_cam else 0,
                       fail_closed=cam_stats.fail_closed if on_cam else 0,
-                      epsilon=_edge.epsilon[node_id], cpu_percent=cpu, rss_bytes=rss,
+                      epsilon=edge.epsilon[node_id], cpu_percent=cpu, rss_bytes=rss,
                       model_version=served if served is not None else -1)
         await telemetry_topic.send(key=node_id.encode(), value=t.encode())
