@@ -159,11 +159,11 @@ def _task_model(cfg: federation.FederationPlan) -> tuple[dict[str, Any], Any, bo
     import numpy as np
     import torch
 
+    from pipeline.node.build import make_task
     from pipeline.serving.onnx_export import OnnxTemplate, export_onnx
-    from pipeline.tasks import get_task
     from pipeline.weights import get_weights, set_weights
 
-    task = get_task(cfg.task, **cfg.task_options)
+    task = make_task(cfg.task, cfg.task_options, seed=cfg.seed)  # as the edges build it
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     if hasattr(task, "in_features"):

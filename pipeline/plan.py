@@ -29,8 +29,8 @@ Examples
 --------
 >>> plan = FederationPlan(task="pedestrian-forecast", task_options={"sensors": 8}, rounds=30,
 ...                       epsilon=2.0, strategy="fedadam", local_optimizer="sgd", lr=0.1)
->>> plan.dp_steps(local_steps=10)
-300
+>>> plan.round_policy(8).quorum          # quorum None: every node closes a sync round
+8
 >>> FederationPlan(rounds=0)
 Traceback (most recent call last):
 ...
@@ -141,33 +141,22 @@ class FederationPlan(BaseModel):
 
         Examples
         --------
-        >>> FederationPlan(rounds=3).replace(mode="async", buffer_size=2).round_buffer(5)
+        >>> FederationPlan(rounds=3).replace(mode="async", buffer_size=2).round_policy(5).buffer_size
         2
         """
         return type(self).model_validate({**self.model_dump(), **changes})
 
     # ------------------------------------------------------------------ derived
-    def dp_steps(self, *, local_steps: int) -> int:
-        """DP-SGD steps one node takes over the whole plan (σ is calibrated for them)."""
-        return self.rounds * (self.local_steps or local_steps) + self.personalize_steps
-
-    def round_quorum(self, nodes: int) -> int:
-        """Updates that close a sync round (``quorum``, or every node)."""
-        return self.quorum or nodes
-
-    def round_buffer(self, nodes: int) -> int:
-        """Admitted updates per aggregation in async mode (``buffer_size``, or every node)."""
-        return self.buffer_size or nodes
-
     def round_policy(self, nodes: int, *, deadline: bool = True) -> RoundPolicy:
-        """The aggregator's :class:`~pipeline.server.rounds.RoundPolicy` for ``nodes`` nodes
-        (``deadline=False``: no wall-clock deadline, as in simulation)."""
+        """The aggregator's :class:`~pipeline.server.rounds.RoundPolicy` for ``nodes`` nodes:
+        ``quorum`` and ``buffer_size`` default to every node (``deadline=False``: no wall-clock
+        deadline, as in simulation)."""
         from pipeline.server.rounds import RoundPolicy
 
-        return RoundPolicy(mode=self.mode, quorum=self.round_quorum(nodes),
-                           min_quorum=min(self.min_quorum, self.round_quorum(nodes)),
+        quorum = self.quorum or nodes
+        return RoundPolicy(mode=self.mode, quorum=quorum, min_quorum=min(self.min_quorum, quorum),
                            deadline_s=self.deadline_s if deadline else math.inf,
-                           buffer_size=self.round_buffer(nodes), max_staleness=self.max_staleness)
+                           buffer_size=self.buffer_size or nodes, max_staleness=self.max_staleness)
 
     # ------------------------------------------------------------------ files
     def to_json(self) -> str:

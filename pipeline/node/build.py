@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pipeline.codec import Compression
 from pipeline.node.edge import EdgeNode, common_batch_sizes
+from pipeline.plan import node_count_option
 from pipeline.privacy import noise_multiplier_for_budget
 from pipeline.privacy.accounting import Mechanism
 from pipeline.privacy.ledger import PrivacyLedger, ledger_path
@@ -40,7 +41,7 @@ def make_task(name: str, options: Mapping[str, Any] | None = None, *, nodes: int
     """
     opts = dict(options or {})
     if nodes is not None:
-        opts.setdefault("num_nodes" if name == "fashion-mnist" else "sensors", nodes)
+        opts = {**node_count_option(name, nodes), **opts}
     if name == "fashion-mnist":
         opts.setdefault("seed", seed)
     return get_task(name, **opts)

@@ -9,9 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.codec import (
-    KeyRegistry,
-)
+from pipeline.codec import KeyRegistry
 from pipeline.node.edge import Weights
 from pipeline.plan import FederationPlan
 from pipeline.server.rounds import RoundCoordinator, RoundOutcome, RoundPolicy
@@ -19,6 +17,7 @@ from pipeline.server.strategies import make_strategy
 from schemas.update import ModelUpdate
 
 logger = logging.getLogger(__name__)
+
 
 class InProcessServer:
     """The aggregator side of :func:`simulate`.
@@ -48,19 +47,20 @@ class InProcessServer:
         #: what the last aggregation did (participants, ε by node, metrics), ``None`` before one
         self.last_outcome: RoundOutcome | None = None
         #: with ``keep_history``: the weights of every version made, by version (0: initial)
-        self.history: dict[int, Weights] = {0: self.weights} if keep_history else {}
-        self._keep_history = keep_history
+        self.history: dict[int, Weights] | None = {0: self.weights} if keep_history else None
 
     @classmethod
     def build(cls, *, task: str, keys: KeyRegistry, initial: Mapping[str, np.ndarray],
               nodes: int, strategy: str = "fedavg",
               strategy_options: Mapping[str, Any] | None = None,
               mode: Literal["sync", "async"] = "sync", buffer_size: int | None = None,
-              max_staleness: int = 4, keep_history: bool = False) -> InProcessServer:
+              max_staleness: int = 4, policy: RoundPolicy | None = None,
+              keep_history: bool = False) -> InProcessServer:
         """The coordinator :func:`simulate` uses: sync rounds close when all ``nodes`` arrived;
-        async aggregates every ``buffer_size`` (default ``nodes``) admitted updates."""
-        policy = RoundPolicy(mode=mode, quorum=nodes, buffer_size=buffer_size or nodes,
-                             max_staleness=max_staleness, deadline_s=math.inf)
+        async aggregates every ``buffer_size`` (default ``nodes``) admitted updates; no
+        wall-clock deadline. ``policy`` replaces all of that."""
+        policy = policy or RoundPolicy(mode=mode, quorum=nodes, buffer_size=buffer_size or nodes,
+                                       max_staleness=max_staleness, deadline_s=math.inf)
         coordinator = RoundCoordinator(
             task=task, keys=keys, policy=policy,
             expected={k: (tuple(v.shape), "float32") for k, v in initial.items()},
@@ -73,11 +73,10 @@ class InProcessServer:
                   keep_history: bool = False) -> InProcessServer:
         """The server a plan describes: its strategy and its round policy for ``nodes`` nodes
         (no wall-clock deadline: a simulated round ends when its updates are in)."""
-        coordinator = RoundCoordinator(
-            task=plan.task, keys=keys, policy=plan.round_policy(nodes, deadline=False),
-            expected={k: (tuple(v.shape), "float32") for k, v in initial.items()},
-            strategy=make_strategy(plan.strategy, **plan.strategy_options))
-        return cls(coordinator, initial, keep_history=keep_history)
+        return cls.build(task=plan.task, keys=keys, initial=initial, nodes=nodes,
+                         strategy=plan.strategy, strategy_options=plan.strategy_options,
+                         policy=plan.round_policy(nodes, deadline=False),
+                         keep_history=keep_history)
 
     @property
     def version(self) -> int:
@@ -110,7 +109,7 @@ class InProcessServer:
         self.last_outcome = outcome
         if outcome.stepped:
             self.weights = {k: np.asarray(v, np.float32) for k, v in outcome.weights.items()}
-            if self._keep_history:
+            if self.history is not None:
                 self.history[outcome.version] = self.weights
         for key in self.coordinator.commit(outcome):
             self.stored.pop(key, None)
